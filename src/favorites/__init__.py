@@ -1,0 +1,1 @@
+"""Favorites (wishlist) microservice."""

@@ -1,0 +1,27 @@
+"""A cache that remembers nothing: correct by construction, used where no cache is configured."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from favorites.domain.models import Favorite
+
+
+class NullFavoritesCache:
+    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
+        return None
+
+    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None:
+        return None
+
+    async def get_count(self, user_id: UUID) -> int | None:
+        return None
+
+    async def set_count(self, user_id: UUID, count: int, version: int) -> None:
+        return None
+
+    async def version(self, user_id: UUID) -> int:
+        return 0
+
+    async def invalidate_user(self, user_id: UUID) -> None:
+        return None

@@ -1,0 +1,84 @@
+"""Engines for the embedded default (SQLite) and production (PostgreSQL via asyncpg)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    minimum: int = 10
+    maximum: int = 50
+    statement_timeout_ms: int = 5000
+
+
+def async_url(url: str) -> str:
+    """Map the documented ``sqlite:///`` / ``postgresql://`` forms to the async drivers."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return str(parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False))
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise ValueError(f"unsupported database: {backend}")
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str, pool: PoolSettings, *, application_name: str = "favorites") -> AsyncEngine:
+    target = async_url(url)
+    if is_sqlite(url):
+        database = make_url(target).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            target, pool_size=pool.minimum, max_overflow=max(0, pool.maximum - pool.minimum),
+            connect_args={"timeout": pool.statement_timeout_ms / 1000},
+        )
+        _sqlite_pragmas(engine, pool.statement_timeout_ms)
+        return engine
+    connect_args: dict[str, Any] = {
+        "server_settings": {
+            "statement_timeout": str(pool.statement_timeout_ms),
+            "application_name": application_name,
+        },
+        "timeout": 5,
+        "command_timeout": pool.statement_timeout_ms / 1000 + 1,
+    }
+    return create_async_engine(
+        target,
+        pool_size=pool.minimum,
+        max_overflow=max(0, pool.maximum - pool.minimum),
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        pool_timeout=5,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    """WAL lets readers run beside the writer; BEGIN IMMEDIATE for writers avoids the deadlock
+    SQLite reports (instead of waiting) when two deferred transactions both upgrade to write."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        immediate = connection.get_execution_options().get("sqlite_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,163 @@
+"""Access tokens as JWTs (PyJWT): HS256 with a secret, or ES256/RS256 with key files and ``kid``.
+
+Verification pins the one configured algorithm (no ``none``, no HS/RS confusion), requires every
+claim we rely on, and checks ``typ`` so a token minted for another purpose is not an access token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from favorites.domain.errors import InvalidToken
+from favorites.domain.models import Principal, PrincipalKind
+
+_REQUIRED = ["exp", "iat", "iss", "aud", "sub", "jti", "typ"]
+_ROLES = frozenset({"user", "admin"})
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+
+def _thumbprint(public_key: PublicKey, algorithm: str) -> str:
+    """RFC 7638 JWK thumbprint, so a key's ``kid`` is stable wherever it is loaded."""
+    jwk = _jwk(public_key, algorithm)
+    members = {k: jwk[k] for k in sorted(jwk) if k in ("crv", "e", "kty", "n", "x", "y")}
+    digest = hashlib.sha256(json.dumps(members, separators=(",", ":")).encode()).digest()
+    return jwt.utils.base64url_encode(digest).decode()
+
+
+def _jwk(public_key: PublicKey, algorithm: str) -> dict[str, Any]:
+    algo = jwt.get_algorithm_by_name(algorithm)
+    return dict(json.loads(algo.to_jwk(public_key)))
+
+
+class JwtCodec:
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        issuer: str,
+        audience: str,
+        ttl_seconds: int,
+        leeway_seconds: int,
+        secret: bytes | None = None,
+        private_key_pem: bytes | None = None,
+        extra_public_key_pems: tuple[bytes, ...] = (),
+    ):
+        self.algorithm = algorithm
+        self._issuer = issuer
+        self._audience = audience
+        self._ttl = ttl_seconds
+        self._leeway = leeway_seconds
+        self._verify_keys: dict[str, Any] = {}
+        self._public: list[tuple[str, PublicKey]] = []
+        if algorithm == "HS256":
+            if not secret:
+                raise ValueError("HS256 needs a secret")
+            self._signing_key: Any = secret
+            self._kid = "hs-" + hashlib.sha256(secret).hexdigest()[:12]
+            self._verify_keys[self._kid] = secret
+        else:
+            if private_key_pem is None:
+                raise ValueError(f"{algorithm} needs a private key")
+            private = serialization.load_pem_private_key(private_key_pem, password=None)
+            expected = ec.EllipticCurvePrivateKey if algorithm == "ES256" else rsa.RSAPrivateKey
+            if not isinstance(private, expected):
+                raise ValueError(f"the private key does not fit {algorithm}")
+            self._signing_key = private
+            public = private.public_key()
+            self._kid = _thumbprint(public, algorithm)
+            self._public.append((self._kid, public))
+            for pem in extra_public_key_pems:
+                key = serialization.load_pem_public_key(pem)
+                if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+                    raise ValueError("unsupported public key type")
+                self._public.append((_thumbprint(key, algorithm), key))
+            self._verify_keys.update(self._public)
+
+    @classmethod
+    def from_files(cls, private_key_file: Path, public_key_files: list[Path], **kw: Any) -> JwtCodec:
+        return cls(
+            private_key_pem=private_key_file.read_bytes(),
+            extra_public_key_pems=tuple(p.read_bytes() for p in public_key_files),
+            **kw,
+        )
+
+    def mint(self, user_id: UUID, roles: tuple[str, ...]) -> tuple[str, int]:
+        now = int(time.time())
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": str(user_id),
+            "roles": list(roles),
+            "iat": now,
+            "exp": now + self._ttl,
+            "jti": uuid4().hex,
+            "typ": "access",
+        }
+        token = jwt.encode(claims, self._signing_key, algorithm=self.algorithm,
+                           headers={"kid": self._kid})
+        return token, self._ttl
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        if header.get("alg") != self.algorithm:
+            raise InvalidToken("token algorithm not accepted")
+        key = self._verify_keys.get(str(header.get("kid", "")))
+        if key is None:
+            raise InvalidToken("unknown signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[self.algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": _REQUIRED},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("token not yet valid") from None
+        except jwt.PyJWTError:
+            raise InvalidToken("token rejected") from None
+        if claims.get("typ") != "access":
+            raise InvalidToken("not an access token")
+        if claims["iat"] > time.time() + self._leeway:
+            raise InvalidToken("token issued in the future")
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not set(roles) <= _ROLES:
+            raise InvalidToken("token roles not accepted")
+        try:
+            user_id = UUID(claims["sub"])
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidToken("token subject is not a user id") from None
+        return Principal(
+            kind=PrincipalKind.USER,
+            subject=str(user_id),
+            user_id=user_id,
+            roles=frozenset(roles),
+            token_id=str(claims["jti"]),
+            token_expires_at=int(claims["exp"]),
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """Public keys for ``/.well-known/jwks.json``; empty for HS256 (a secret is never shown)."""
+        keys = []
+        for kid, public in self._public:
+            jwk = _jwk(public, self.algorithm)
+            jwk.update({"kid": kid, "alg": self.algorithm, "use": "sig"})
+            keys.append(jwk)
+        return {"keys": keys}

@@ -1,0 +1,194 @@
+"""``favorites``: serve, migrate, mint tokens and fill the local catalog."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from uuid import UUID, uuid4
+
+from favorites import embedded
+from favorites.config import ConfigError, Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"favorites: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _uuid(value: str) -> UUID:
+    from favorites.domain.errors import ValidationFailed
+    from favorites.domain.ids import parse_uuid
+
+    try:
+        return parse_uuid(value.strip(), "id")
+    except ValidationFailed:
+        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from favorites.adapters.db import migrate
+    from favorites.adapters.db.engine import is_sqlite
+
+    settings = _settings()
+    defaults = embedded.resolve(settings)
+    if is_sqlite(defaults.database_url):
+        migrate.upgrade(defaults.database_url)
+    if defaults.new_local_key:
+        print("Local service client created (loopback only, all scopes). Its API key, shown once:")
+        print(f"  X-API-Key: {defaults.new_local_key}")
+    if settings.database_url is None or settings.env == "development":
+        _print_demo(settings, defaults, args.host, args.port)
+    uvicorn.run(
+        "favorites.entrypoints.http.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+        server_header=False,
+        proxy_headers=False,
+    )
+    return 0
+
+
+def _print_demo(settings: Settings, defaults: embedded.EmbeddedDefaults, host: str,
+                port: int) -> None:
+    from favorites.bootstrap import build_jwt
+
+    user = uuid4()
+    token, _ = build_jwt(settings, defaults).mint(user, ("user",))
+    product = uuid4()
+    base = f"http://{host}:{port}"
+    print(f"Demo user {user}; access token (1 h):\n  {token}")
+    print("Try it (registers a demo product, saves it, lists favorites):")
+    print(f"  favorites products add {product}")
+    print(f"  curl -s -X PUT -H 'Authorization: Bearer {token}' "
+          f"{base}/v1/users/me/favorites/{product}")
+    print(f"  curl -s -H 'Authorization: Bearer {token}' {base}/v1/users/me/favorites")
+    sys.stdout.flush()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from favorites.adapters.db import migrate
+
+    settings = _settings()
+    url = embedded.resolve(settings).database_url
+    if args.direction == "down":
+        if not args.revision:
+            print("favorites migrate down needs a revision (e.g. base)", file=sys.stderr)
+            return 2
+        migrate.downgrade(url, args.revision)
+    else:
+        migrate.upgrade(url, args.revision or "head")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from favorites.bootstrap import build_jwt
+
+    settings = _settings()
+    token, _ = build_jwt(settings, embedded.resolve(settings)).mint(
+        args.user, ("admin",) if args.admin else ("user",)
+    )
+    print(token)
+    return 0
+
+
+def _read_ids(lines: Iterable[str]) -> list[UUID]:
+    ids = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            ids.append(_uuid(text))
+        except argparse.ArgumentTypeError:
+            raise SystemExit(f"favorites: line {number}: not a UUID: {text[:60]!r}") from None
+    return ids
+
+
+async def _register(ids: Sequence[UUID]) -> int:
+    from favorites import bootstrap
+
+    container = bootstrap.build(_settings())
+    try:
+        created = 0
+        for start in range(0, len(ids), 1000):
+            created += await container.products.register_many(list(ids[start:start + 1000]))
+        return created
+    finally:
+        await container.engine.dispose()
+
+
+def cmd_products(args: argparse.Namespace) -> int:
+    from favorites.adapters.db import migrate
+    from favorites.adapters.db.engine import is_sqlite
+
+    if args.action == "add":
+        ids = list(args.ids)
+    elif args.file == "-":
+        ids = _read_ids(sys.stdin)
+    else:
+        with Path(args.file).open(encoding="utf-8") as handle:
+            ids = _read_ids(handle)
+    settings = _settings()
+    url = embedded.resolve(settings).database_url
+    if is_sqlite(url):
+        migrate.upgrade(url)
+    created = asyncio.run(_register(ids))
+    print(f"{len(ids)} products registered ({created} new)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="favorites", description="Favorites (wishlist) microservice."
+    )
+    sub = root.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate the embedded database if needed and serve")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    serve.set_defaults(func=cmd_serve)
+
+    mig = sub.add_parser("migrate", help="Alembic migrations against FAVORITES_DATABASE_URL")
+    mig.add_argument("direction", nargs="?", choices=["up", "down"], default="up")
+    mig.add_argument("revision", nargs="?", help="target revision (head for up, e.g. base for down)")
+    mig.set_defaults(func=cmd_migrate)
+
+    token = sub.add_parser("token", help="mint an access token with the configured key")
+    token.add_argument("--user", type=_uuid, required=True)
+    token.add_argument("--admin", action="store_true", help="give the token the admin role")
+    token.set_defaults(func=cmd_token)
+
+    products = sub.add_parser("products", help="fill the local product catalog")
+    psub = products.add_subparsers(dest="action", required=True)
+    add = psub.add_parser("add", help="register products by id")
+    add.add_argument("ids", nargs="+", type=_uuid, metavar="UUID")
+    imp = psub.add_parser("import", help="register products from a file, one UUID a line")
+    imp.add_argument("file", help="path, or - for standard input")
+    products.set_defaults(func=cmd_products)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

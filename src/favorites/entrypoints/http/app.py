@@ -1,0 +1,148 @@
+"""``create_app()``: the ASGI application. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from favorites import bootstrap
+from favorites.config import Settings, load_settings
+from favorites.domain.errors import (
+    DependencyUnavailable,
+    FavoritesError,
+    MethodNotAllowed,
+    NotFound,
+    ValidationFailed,
+)
+from favorites.entrypoints.http import favorites, health, internal, tokens
+from favorites.entrypoints.http.auth import ServiceClients
+from favorites.entrypoints.http.middleware import EdgeMiddleware
+from favorites.entrypoints.http.responses import problem
+from favorites.entrypoints.http.schemas import Problem
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", "-"))
+
+
+ROUTERS = (favorites.router, tokens.router, internal.router, health.router)
+
+
+def _method_table() -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Path pattern -> methods, built once; Starlette's 405 names only the first route's."""
+    table = []
+    for router in ROUTERS:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                table.append((route.path_regex, frozenset(route.methods or ())))
+    return table
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for pattern, route_methods in request.app.state.method_table:
+        if pattern.match(request.url.path):
+            methods |= route_methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+async def _on_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FavoritesError)
+    return problem(exc, instance=request.url.path, request_id=_request_id(request))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    error: FavoritesError
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        error = MethodNotAllowed(f"{request.method} is not allowed here",
+                                 headers={"Allow": ", ".join(allowed)})
+    elif exc.status_code == 404:
+        error = NotFound("no such resource")
+    else:
+        error = FavoritesError(str(exc.detail))
+        error.status = exc.status_code  # type: ignore[misc]
+    return problem(error, instance=request.url.path, request_id=_request_id(request))
+
+
+async def _on_dependency_down(request: Request, exc: Exception) -> Response:
+    """A database that cannot be reached is a 503 with Retry-After, not a bug (500)."""
+    return problem(DependencyUnavailable("the database is unavailable"),
+                   instance=request.url.path, request_id=_request_id(request))
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    detail = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+    )
+    return problem(ValidationFailed(detail), instance=request.url.path,
+                   request_id=_request_id(request))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app from Settings (read from the environment when not given)."""
+    settings = settings or load_settings()
+    container = bootstrap.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await container.start()
+        try:
+            yield
+        finally:
+            await container.close()
+
+    docs = not settings.is_production
+    app = FastAPI(
+        title="favorites-service",
+        version="0.1.0",
+        summary="Users save products, see them on every device; grids show hearts and counts.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+        responses=PROBLEM_RESPONSES,
+    )
+    app.state.container = container
+    app.state.service_clients = ServiceClients(container.service_clients,
+                                               settings.trusted_proxies)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.state.method_table = _method_table()
+    app.add_exception_handler(FavoritesError, _on_domain_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    for dependency_error in (sa_exc.OperationalError, sa_exc.InterfaceError,
+                             sa_exc.TimeoutError, ConnectionError, TimeoutError):
+        app.add_exception_handler(dependency_error, _on_dependency_down)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "PUT", "DELETE", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Location", "RateLimit-Limit", "RateLimit-Remaining",
+                            "RateLimit-Reset", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, docs=docs)
+    return app

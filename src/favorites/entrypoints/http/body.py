@@ -1,0 +1,48 @@
+"""Request bodies: JSON only, exactly the documented fields, errors that say what is wrong."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from favorites.domain.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and
+                                           media.endswith("+json"))
+
+
+async def read_json(request: Request, model: type[Model]) -> Model:
+    """415 for a non-JSON body, 400 for malformed JSON, 422 for the wrong fields or values."""
+    if not _is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType("send the body as application/json")
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem, naming the field; never echoes the submitted value back."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in error["loc"]) or "body"
+        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,44 @@
+"""Probes for the orchestrator: no authentication, no rate limit, cheap."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Response
+
+from favorites.entrypoints.http.auth import AppContainer
+from favorites.entrypoints.http.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+CHECK_TIMEOUT = 2.0
+
+
+@router.get("/health/live", summary="The process serves")
+async def live() -> Response:
+    return JSONResponse({"status": "live"})
+
+
+@router.get("/health/ready", summary="This instance can take traffic")
+async def ready(app: AppContainer) -> Response:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            async with app.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception:  # any failure means not ready; the reason is in the logs
+        checks["database"] = "unavailable"
+    for name, probe in app.readiness_probes.items():
+        checks[name] = await probe()
+    if app.draining:
+        status, code = "draining", 503
+    elif checks["database"] != "ok":
+        status, code = "unavailable", 503
+    elif any(value != "ok" for value in checks.values()):
+        status, code = "degraded", 200
+    else:
+        status, code = "ready", 200
+    return JSONResponse({"status": status, "checks": checks}, status_code=code,
+                        headers={"Retry-After": "5"} if code == 503 else None)

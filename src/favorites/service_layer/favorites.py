@@ -1,0 +1,167 @@
+"""Favorites use cases: the business rules, the audit trail and cache invalidation in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+from favorites.domain import access
+from favorites.domain.cursor import CursorCodec
+from favorites.domain.errors import FavoriteNotFound, FavoritesLimitReached, ProductNotFound
+from favorites.domain.models import AuditAction, AuditEntry, Favorite, Page, Principal
+from favorites.service_layer.ports import Catalog, Clock, FavoritesCache, UnitOfWorkFactory
+
+MAX_PAGE = 50
+MAX_CONTAINS = 100
+
+
+class FavoritesService:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        catalog: Catalog,
+        cache: FavoritesCache,
+        cursors: CursorCodec,
+        clock: Clock,
+        max_per_user: int,
+    ):
+        self._uow = uow
+        self._catalog = catalog
+        self._cache = cache
+        self._cursors = cursors
+        self._clock = clock
+        self._max_per_user = max_per_user
+
+    async def add(
+        self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None
+    ) -> tuple[Favorite, bool]:
+        """Idempotent: returns the favorite and whether this call created it."""
+        access.ensure_can_write(principal, user_id)
+        if product_id not in await self._catalog.existing([product_id]):
+            raise ProductNotFound(f"product {product_id} does not exist")
+        now = self._clock.now()
+        async with self._uow() as uow:
+            await uow.favorites.lock_user(user_id)
+            candidate = Favorite(user_id, product_id, now)
+            if not await uow.favorites.insert(candidate):
+                existing = await uow.favorites.get(user_id, product_id)
+                if existing is not None:
+                    return existing, False
+                # Removed between our insert and read: the lock makes this unreachable on
+                # PostgreSQL, but it is cheap to be correct on any backend.
+                await uow.favorites.insert(candidate)
+            if await uow.favorites.count_for_user(user_id) > self._max_per_user:
+                raise FavoritesLimitReached(
+                    f"a user may hold at most {self._max_per_user} favorites"
+                )
+            await uow.audit.record(
+                AuditEntry(AuditAction.FAVORITE_ADDED, principal.subject, principal.actor_type,
+                           str(user_id), product_id, request_id),
+                now,
+            )
+            await uow.commit()
+        await self._cache.invalidate_user(user_id)
+        return candidate, True
+
+    async def remove(
+        self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None
+    ) -> bool:
+        """Idempotent: True when a favorite was removed, False when there was none."""
+        access.ensure_can_write(principal, user_id)
+        async with self._uow() as uow:
+            removed = await uow.favorites.delete(user_id, product_id)
+            if removed:
+                await uow.audit.record(
+                    AuditEntry(AuditAction.FAVORITE_REMOVED, principal.subject,
+                               principal.actor_type, str(user_id), product_id, request_id),
+                    self._clock.now(),
+                )
+            await uow.commit()
+        if removed:
+            await self._cache.invalidate_user(user_id)
+        return removed
+
+    async def list_page(
+        self,
+        principal: Principal,
+        user_id: UUID,
+        limit: int = MAX_PAGE,
+        cursor: str | None = None,
+        request_id: str | None = None,
+    ) -> Page:
+        audited = access.ensure_can_read(principal, user_id)
+        after = self._cursors.decode(user_id, cursor) if cursor else None
+        if audited:
+            await self._audit_admin_read(principal, user_id, request_id)
+        items: list[Favorite] | None = None
+        if after is None:
+            items = await self._cache.get_first_page(user_id, limit + 1)
+        if items is None:
+            version = await self._cache.version(user_id) if after is None else 0
+            async with self._uow(readonly=True, user_id=user_id) as uow:
+                items = await uow.favorites.page(
+                    user_id, MAX_PAGE + 1 if after is None else limit + 1, after
+                )
+            if after is None:
+                await self._cache.set_first_page(user_id, items, version)
+            items = items[: limit + 1]
+        if len(items) > limit:
+            last = items[limit - 1]
+            return Page(items[:limit], self._cursors.encode(user_id, last.created_at,
+                                                            last.product_id))
+        return Page(items, None)
+
+    async def get(
+        self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None
+    ) -> Favorite:
+        audited = access.ensure_can_read(principal, user_id)
+        if audited:
+            await self._audit_admin_read(principal, user_id, request_id)
+        async with self._uow(readonly=True, user_id=user_id) as uow:
+            favorite = await uow.favorites.get(user_id, product_id)
+        if favorite is None:
+            raise FavoriteNotFound(f"product {product_id} is not among the favorites")
+        return favorite
+
+    async def count(
+        self, principal: Principal, user_id: UUID, request_id: str | None = None
+    ) -> int:
+        audited = access.ensure_can_read(principal, user_id)
+        if audited:
+            await self._audit_admin_read(principal, user_id, request_id)
+        cached = await self._cache.get_count(user_id)
+        if cached is not None:
+            return cached
+        version = await self._cache.version(user_id)
+        async with self._uow(readonly=True, user_id=user_id) as uow:
+            count = await uow.favorites.count_for_user(user_id)
+        await self._cache.set_count(user_id, count, version)
+        return count
+
+    async def contains(
+        self, principal: Principal, user_id: UUID, product_ids: Sequence[UUID]
+    ) -> list[UUID]:
+        """The subset of ``product_ids`` the user favorited, in the order asked."""
+        access.ensure_owner(principal, user_id)
+        if not product_ids:
+            return []
+        async with self._uow(readonly=True, user_id=user_id) as uow:
+            found = await uow.favorites.contains(user_id, product_ids)
+        return [pid for pid in dict.fromkeys(product_ids) if pid in found]
+
+    async def count_for_product(self, principal: Principal, product_id: UUID) -> int:
+        access.ensure_user(principal)
+        async with self._uow(readonly=True) as uow:
+            return await uow.favorites.count_for_product(product_id)
+
+    async def _audit_admin_read(
+        self, principal: Principal, user_id: UUID, request_id: str | None
+    ) -> None:
+        # Written before the data is returned: a read we could not audit is not served.
+        async with self._uow() as uow:
+            await uow.audit.record(
+                AuditEntry(AuditAction.FAVORITES_VIEWED_BY_ADMIN, principal.subject,
+                           principal.actor_type, str(user_id), None, request_id),
+                self._clock.now(),
+            )
+            await uow.commit()

@@ -1,0 +1,154 @@
+"""What the use cases need from the outside world. Adapters implement these; tests fake them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Protocol, Self
+from uuid import UUID
+
+from favorites.domain.models import AuditEntry, Favorite
+
+
+class FavoritesRepository(Protocol):
+    async def lock_user(self, user_id: UUID) -> None:
+        """Serialise writers of one user's list (keeps the per-user cap exact)."""
+
+    async def insert(self, favorite: Favorite) -> bool:
+        """Insert unless present; True when a row was created."""
+
+    async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None: ...
+
+    async def delete(self, user_id: UUID, product_id: UUID) -> bool: ...
+
+    async def page(
+        self, user_id: UUID, limit: int, after: tuple[datetime, UUID] | None
+    ) -> list[Favorite]:
+        """Newest first, ties broken by product id; ``after`` is the last item already seen."""
+
+    async def count_for_user(self, user_id: UUID) -> int: ...
+
+    async def contains(self, user_id: UUID, product_ids: Sequence[UUID]) -> set[UUID]: ...
+
+    async def count_for_product(self, product_id: UUID) -> int: ...
+
+    async def delete_all_for_user(self, user_id: UUID) -> int: ...
+
+    async def delete_batch_for_product(self, product_id: UUID, batch_size: int) -> list[UUID]:
+        """Remove up to ``batch_size`` favorites of a product; returns the users affected."""
+
+
+class ProductsRepository(Protocol):
+    async def upsert(self, product_id: UUID) -> bool:
+        """Register (or revive) a product; True when it was not an active product before."""
+
+    async def mark_deleted(self, product_id: UUID, at: datetime) -> bool: ...
+
+    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]: ...
+
+
+class AuditRepository(Protocol):
+    async def record(self, entry: AuditEntry, at: datetime) -> None: ...
+
+    async def pseudonymise_user(self, user_id: str, pseudonym: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenRecord:
+    token_id: UUID
+    family_id: UUID
+    user_id: UUID
+    roles: tuple[str, ...]
+    token_hash: str
+    issued_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class RefreshTokenRepository(Protocol):
+    async def insert(self, record: RefreshTokenRecord) -> None: ...
+
+    async def get_by_hash(self, token_hash: str) -> RefreshTokenRecord | None: ...
+
+    async def mark_used(self, token_id: UUID, at: datetime) -> bool:
+        """Spend a token atomically; False when it was already spent or revoked."""
+
+    async def revoke_family(self, family_id: UUID, at: datetime) -> int: ...
+
+    async def delete_for_user(self, user_id: UUID) -> int: ...
+
+
+class RevokedTokenRepository(Protocol):
+    async def add(self, jti: str, expires_at: datetime, at: datetime) -> None: ...
+
+    async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
+        """Revocations recorded after ``since`` that have not yet expired."""
+
+
+class UnitOfWork(Protocol):
+    """One database transaction. Leaving the block without ``commit()`` rolls everything back."""
+
+    @property
+    def favorites(self) -> FavoritesRepository: ...
+
+    @property
+    def products(self) -> ProductsRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
+    @property
+    def refresh_tokens(self) -> RefreshTokenRepository: ...
+
+    @property
+    def revoked_tokens(self) -> RevokedTokenRepository: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, *, readonly: bool = False, user_id: UUID | None = None) -> UnitOfWork:
+        """``readonly`` reads may go to a replica unless ``user_id`` wrote moments ago."""
+
+
+class Catalog(Protocol):
+    """Which products exist: the local table or the external product service."""
+
+    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]:
+        """Raises DependencyUnavailable when it cannot tell."""
+
+    async def forget(self, product_id: UUID) -> None:
+        """Drop any cached knowledge of a product (it was deleted)."""
+
+
+class FavoritesCache(Protocol):
+    """Cache-aside for a user's first page and count. Every method is best effort."""
+
+    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None: ...
+
+    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None: ...
+
+    async def get_count(self, user_id: UUID) -> int | None: ...
+
+    async def set_count(self, user_id: UUID, count: int, version: int) -> None: ...
+
+    async def version(self, user_id: UUID) -> int:
+        """A token taken before loading from the database; stale loads are not stored."""
+
+    async def invalidate_user(self, user_id: UUID) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...

@@ -1,0 +1,73 @@
+"""The local product catalog, used when no external product service is configured."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from favorites.domain import access
+from favorites.domain.models import AuditAction, AuditEntry, Principal
+from favorites.service_layer.ports import Catalog, Clock, FavoritesCache, UnitOfWorkFactory
+
+#: Favorites of a deleted product are removed in batches this large so no transaction holds
+#: locks on a popular product's rows for long.
+DELETE_BATCH = 1000
+
+
+class ProductsService:
+    def __init__(
+        self, uow: UnitOfWorkFactory, catalog: Catalog, cache: FavoritesCache, clock: Clock
+    ):
+        self._uow = uow
+        self._catalog = catalog
+        self._cache = cache
+        self._clock = clock
+
+    async def register(self, principal: Principal | None, product_id: UUID) -> bool:
+        """True when the product is new (or deleted before and now back)."""
+        if principal is not None:
+            access.ensure_scope(principal, "products:write")
+        async with self._uow() as uow:
+            created = await uow.products.upsert(product_id)
+            await uow.commit()
+        await self._catalog.forget(product_id)
+        return created
+
+    async def register_many(self, product_ids: list[UUID]) -> int:
+        """For the CLI import: one transaction per call, returns how many were new."""
+        created = 0
+        async with self._uow() as uow:
+            for product_id in product_ids:
+                created += await uow.products.upsert(product_id)
+            await uow.commit()
+        return created
+
+    async def delete(
+        self, principal: Principal, product_id: UUID, request_id: str | None = None
+    ) -> None:
+        """Mark deleted and forget it everywhere; ``purge_favorites`` then runs in the background.
+
+        Marking first means no new favorite of it can be added while the purge runs.
+        """
+        access.ensure_scope(principal, "products:write")
+        now = self._clock.now()
+        async with self._uow() as uow:
+            await uow.products.mark_deleted(product_id, now)
+            await uow.audit.record(
+                AuditEntry(AuditAction.PRODUCT_DELETED, principal.subject, principal.actor_type,
+                           None, product_id, request_id),
+                now,
+            )
+            await uow.commit()
+        await self._catalog.forget(product_id)
+
+    async def purge_favorites(self, product_id: UUID) -> int:
+        removed_total = 0
+        while True:
+            async with self._uow() as uow:
+                users = await uow.favorites.delete_batch_for_product(product_id, DELETE_BATCH)
+                await uow.commit()
+            for user_id in users:
+                await self._cache.invalidate_user(user_id)
+            removed_total += len(users)
+            if len(users) < DELETE_BATCH:
+                return removed_total

@@ -1,0 +1,51 @@
+"""Small helpers for HTTP tests: tokens, service headers, product registration."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from typing import Any
+
+import httpx
+import jwt
+
+from tests.conftest import JWT_SECRET, SERVICE_KEY
+
+SERVICE = {"X-API-Key": SERVICE_KEY}
+
+
+def token(user_id: uuid.UUID, roles: tuple[str, ...] = ("user",), **claims: Any) -> str:
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "iss": "favorites-service", "aud": "favorites", "sub": str(user_id),
+        "roles": list(roles), "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex,
+        "typ": "access",
+    }
+    payload.update(claims)
+    kid = "hs-" + hashlib.sha256(JWT_SECRET.encode()).hexdigest()[:12]
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, JWT_SECRET,
+                      algorithm="HS256", headers={"kid": kid})
+
+
+def bearer(user_id: uuid.UUID, roles: tuple[str, ...] = ("user",)) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(user_id, roles)}"}
+
+
+async def new_product(client: httpx.AsyncClient) -> uuid.UUID:
+    product = uuid.uuid4()
+    response = await client.put(f"/internal/v1/products/{product}", headers=SERVICE)
+    assert response.status_code == 201, response.text
+    return product
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"type", "title", "status", "detail", "instance", "request_id"}
+    assert body["status"] == status
+    assert body["request_id"] == response.headers["x-request-id"]
+    if slug is not None:
+        assert body["type"].endswith("/" + slug), body
+    return body
