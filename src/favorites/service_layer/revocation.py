@@ -35,7 +35,7 @@ class RevocationList:
         self._max_staleness = max_staleness
         self._revoked: dict[str, int] = {}
         self._since: datetime | None = None
-        self._synced_at = 0.0
+        self._synced_at = float("-inf")  # stale until the first successful sync
         self._task: asyncio.Task[None] | None = None
 
     def revoke_locally(self, jti: str, expires_at: int) -> None:
@@ -63,7 +63,11 @@ class RevocationList:
         self._synced_at = time.monotonic()
 
     async def start(self) -> None:
-        await self.sync()
+        """Never blocks start-up: while the database is down, token checks answer 503."""
+        try:
+            await self.sync()
+        except Exception:
+            log.warning("revocation list not loaded at start-up; retrying", exc_info=True)
         self._task = asyncio.create_task(self._run(), name="revocation-sync")
 
     async def stop(self) -> None:

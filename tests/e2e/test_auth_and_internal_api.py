@@ -1,0 +1,159 @@
+"""Token endpoints, service-client authentication and the internal endpoints over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from tests.conftest import NARROW_KEY
+from tests.helpers import SERVICE, assert_problem, bearer, new_product
+
+
+async def _issue(client: httpx.AsyncClient, user: uuid.UUID, role: str = "user") -> dict[str, str]:
+    response = await client.post("/v1/auth/tokens", headers=SERVICE,
+                                 json={"user_id": str(user), "roles": [role]})
+    assert response.status_code == 201, response.text
+    body: dict[str, str] = response.json()
+    return body
+
+
+async def test_issue_returns_the_documented_pair(client: httpx.AsyncClient) -> None:
+    body = await _issue(client, uuid.uuid4())
+    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in",
+                         "refresh_expires_in"}
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 3600
+    assert body["refresh_expires_in"] == 2592000
+    usable = await client.get("/v1/users/me/favorites",
+                              headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert usable.status_code == 200
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(client: httpx.AsyncClient) -> None:
+    first = await _issue(client, uuid.uuid4())
+    second = await client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert second.status_code == 200
+    rotated = second.json()
+    assert rotated["refresh_token"] != first["refresh_token"]
+    replay = await client.post("/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert_problem(replay, 401, "invalid-token")
+    family_gone = await client.post("/v1/auth/refresh",
+                                    json={"refresh_token": rotated["refresh_token"]})
+    assert_problem(family_gone, 401, "invalid-token")
+    unknown = await client.post("/v1/auth/refresh", json={"refresh_token": "x" * 43})
+    assert_problem(unknown, 401, "invalid-token")
+
+
+async def test_logout_revokes_refresh_family_and_access_token(client: httpx.AsyncClient) -> None:
+    pair = await _issue(client, uuid.uuid4())
+    auth = {"Authorization": f"Bearer {pair['access_token']}"}
+    out = await client.post("/v1/auth/logout", headers=auth,
+                            json={"refresh_token": pair["refresh_token"]})
+    assert out.status_code == 204
+    after = await client.get("/v1/users/me/favorites", headers=auth)
+    assert_problem(after, 401, "invalid-token")
+    refresh = await client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert_problem(refresh, 401, "invalid-token")
+
+
+async def test_jwks_is_public_and_empty_for_hs256(client: httpx.AsyncClient) -> None:
+    response = await client.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    assert response.json() == {"keys": []}
+
+
+async def test_service_key_failures(client: httpx.AsyncClient) -> None:
+    body = {"user_id": str(uuid.uuid4()), "roles": ["user"]}
+    assert_problem(await client.post("/v1/auth/tokens", json=body), 401, "invalid-api-key")
+    assert_problem(await client.post("/v1/auth/tokens", json=body,
+                                     headers={"X-API-Key": "wrong"}), 401, "invalid-api-key")
+    narrow = await client.post("/v1/auth/tokens", json=body, headers={"X-API-Key": NARROW_KEY})
+    assert_problem(narrow, 403, "scope-missing")
+    in_query = await client.post(f"/v1/auth/tokens?api_key={NARROW_KEY}", json=body,
+                                 headers=SERVICE)
+    assert_problem(in_query, 400, "malformed-request")
+    user_token = await client.post("/v1/auth/tokens", json=body, headers=bearer(uuid.uuid4()))
+    assert_problem(user_token, 401, "invalid-api-key")
+
+
+async def test_service_clients_are_bound_to_their_cidrs(client: httpx.AsyncClient) -> None:
+    app = client.app  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.10", 5555))
+    async with httpx.AsyncClient(transport=transport, base_url="http://favorites.test") as far:
+        response = await far.put(f"/internal/v1/products/{uuid.uuid4()}", headers=SERVICE)
+        assert_problem(response, 403, "ip-not-allowed")
+        # X-Forwarded-For from an untrusted peer is not believed.
+        spoofed = await far.put(f"/internal/v1/products/{uuid.uuid4()}",
+                                headers={**SERVICE, "X-Forwarded-For": "127.0.0.1"})
+        assert_problem(spoofed, 403, "ip-not-allowed")
+
+
+async def test_user_tokens_cannot_call_internal_routes(client: httpx.AsyncClient) -> None:
+    admin = bearer(uuid.uuid4(), ("admin",))
+    for method, path in (("DELETE", f"/internal/v1/users/{uuid.uuid4()}"),
+                         ("PUT", f"/internal/v1/products/{uuid.uuid4()}"),
+                         ("DELETE", f"/internal/v1/products/{uuid.uuid4()}")):
+        assert_problem(await client.request(method, path, headers=admin), 401, "invalid-api-key")
+    narrow = await client.delete(f"/internal/v1/users/{uuid.uuid4()}",
+                                 headers={"X-API-Key": NARROW_KEY})
+    assert_problem(narrow, 403, "scope-missing")
+
+
+async def test_products_register_and_delete(client: httpx.AsyncClient) -> None:
+    product = uuid.uuid4()
+    created = await client.put(f"/internal/v1/products/{product}", headers=SERVICE)
+    assert created.status_code == 201
+    assert created.json() == {"product_id": str(product), "status": "active"}
+    again = await client.put(f"/internal/v1/products/{product}", headers=SERVICE)
+    assert again.status_code == 200
+    fans = [uuid.uuid4() for _ in range(3)]
+    for fan in fans:
+        await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(fan))
+    deleted = await client.delete(f"/internal/v1/products/{product}", headers=SERVICE)
+    assert deleted.status_code == 202
+    assert deleted.json() == {"product_id": str(product), "status": "deleting"}
+    count: dict[str, int] = {}
+    for _ in range(50):  # the purge runs in the background
+        count = (await client.get(f"/v1/products/{product}/favorites/count",
+                                  headers=bearer(fans[0]))).json()
+        if count["count"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert count == {"count": 0}
+    readd = await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(fans[0]))
+    assert_problem(readd, 404, "product-not-found")
+
+
+async def test_erasure_deletes_favorites_and_tokens(client: httpx.AsyncClient) -> None:
+    owner = uuid.uuid4()
+    products = [await new_product(client) for _ in range(3)]
+    for product in products:
+        await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
+    pair = await _issue(client, owner)
+    erased = await client.delete(f"/internal/v1/users/{owner}", headers=SERVICE)
+    assert erased.status_code == 200
+    assert erased.json() == {"deleted_favorites": 3}
+    again = await client.delete(f"/internal/v1/users/{owner}", headers=SERVICE)
+    assert again.json() == {"deleted_favorites": 0}
+    count = await client.get("/v1/users/me/favorites/count", headers=bearer(owner))
+    assert count.json() == {"count": 0}
+    refresh = await client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert_problem(refresh, 401, "invalid-token")
+
+
+async def test_health_endpoints(client: httpx.AsyncClient) -> None:
+    live = await client.get("/health/live")
+    assert live.json() == {"status": "live"}
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok"}}
+
+
+async def test_openapi_is_generated_from_the_code(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    assert set(paths["/v1/users/{user_id}/favorites/{product_id}"]) == {"put", "delete", "get"}
+    assert "/internal/v1/users/{user_id}" in paths
+    assert "/v1/auth/tokens" in paths

@@ -1,0 +1,176 @@
+"""Every error status of SPEC §3 as problem+json, with the headers the contract names."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from favorites.entrypoints.http.app import create_app
+from tests.conftest import make_settings, started
+from tests.helpers import SERVICE, assert_problem, bearer, new_product, token
+
+
+async def test_missing_and_invalid_tokens_are_401(client: httpx.AsyncClient) -> None:
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"},
+                    {"Authorization": "Bearer not.a.jwt"}):
+        response = await client.get("/v1/users/me/favorites", headers=headers)
+        assert_problem(response, 401, "invalid-token")
+        assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_other_users_data_is_403(client: httpx.AsyncClient) -> None:
+    owner, intruder = uuid.uuid4(), uuid.uuid4()
+    product = await new_product(client)
+    await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
+    for method, path in (("GET", f"/v1/users/{owner}/favorites"),
+                         ("GET", f"/v1/users/{owner}/favorites/count"),
+                         ("GET", f"/v1/users/{owner}/favorites/{product}"),
+                         ("GET", f"/v1/users/{owner}/favorites/contains?product_ids={product}"),
+                         ("PUT", f"/v1/users/{owner}/favorites/{product}"),
+                         ("DELETE", f"/v1/users/{owner}/favorites/{product}")):
+        response = await client.request(method, path, headers=bearer(intruder))
+        assert_problem(response, 403, "forbidden")
+    still = await client.get("/v1/users/me/favorites/count", headers=bearer(owner))
+    assert still.json() == {"count": 1}
+
+
+async def test_admin_reads_but_never_writes(client: httpx.AsyncClient) -> None:
+    owner, admin = uuid.uuid4(), uuid.uuid4()
+    product = await new_product(client)
+    await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
+    admin_headers = bearer(admin, ("admin",))
+    listed = await client.get(f"/v1/users/{owner}/favorites", headers=admin_headers)
+    assert [i["product_id"] for i in listed.json()["items"]] == [str(product)]
+    assert (await client.get(f"/v1/users/{owner}/favorites/count",
+                             headers=admin_headers)).json() == {"count": 1}
+    assert (await client.get(f"/v1/users/{owner}/favorites/{product}",
+                             headers=admin_headers)).status_code == 200
+    for method in ("PUT", "DELETE"):
+        response = await client.request(method, f"/v1/users/{owner}/favorites/{product}",
+                                        headers=admin_headers)
+        assert_problem(response, 403, "forbidden")
+
+
+async def test_unknown_route_is_404_and_wrong_method_is_405(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/v1/nothing-here"), 404, "not-found")
+    owner = uuid.uuid4()
+    response = await client.post(f"/v1/users/{owner}/favorites/{uuid.uuid4()}",
+                                 headers=bearer(owner))
+    assert_problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "DELETE, GET, HEAD, PUT"
+    listing = await client.delete("/v1/users/me/favorites", headers=bearer(owner))
+    assert listing.headers["allow"] == "GET, HEAD"
+
+
+async def test_body_over_1kb_is_413(client: httpx.AsyncClient) -> None:
+    body = b'{"refresh_token": "' + b"a" * 1100 + b'"}'
+    response = await client.post("/v1/auth/refresh", content=body,
+                                 headers={"Content-Type": "application/json"})
+    assert_problem(response, 413, "payload-too-large")
+
+
+async def test_chunked_body_over_1kb_is_refused_without_reading_it_all(
+    client: httpx.AsyncClient,
+) -> None:
+    sent: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(100):  # 10 KB in 100-byte chunks, no Content-Length
+            sent.append(i)
+            yield b"x" * 100
+
+    response = await client.post("/v1/auth/refresh", content=chunks(),
+                                 headers={"Content-Type": "application/json"})
+    assert_problem(response, 413, "payload-too-large")
+    assert len(sent) <= 12  # stopped just past 1 KB
+
+
+async def test_non_json_body_is_415_malformed_is_400_extra_fields_422(
+    client: httpx.AsyncClient,
+) -> None:
+    user = str(uuid.uuid4())
+    wrong_type = await client.post("/v1/auth/tokens", content=b"user_id=1",
+                                   headers={**SERVICE, "Content-Type": "text/plain"})
+    assert_problem(wrong_type, 415, "unsupported-media-type")
+    malformed = await client.post("/v1/auth/tokens", content=b'{"user_id": ',
+                                  headers={**SERVICE, "Content-Type": "application/json"})
+    assert_problem(malformed, 400, "malformed-request")
+    extra = await client.post("/v1/auth/tokens", headers=SERVICE,
+                              json={"user_id": user, "roles": ["user"], "admin": True})
+    problem = assert_problem(extra, 422, "validation-error")
+    assert "admin: unknown field" in problem["detail"]
+    not_object = await client.post("/v1/auth/tokens", headers=SERVICE, json=[user])
+    assert_problem(not_object, 422, "validation-error")
+    bad_role = await client.post("/v1/auth/tokens", headers=SERVICE,
+                                 json={"user_id": user, "roles": ["root"]})
+    assert_problem(bad_role, 422, "validation-error")
+
+
+async def test_invalid_uuids_are_422(client: httpx.AsyncClient) -> None:
+    owner = uuid.uuid4()
+    for path in ("/v1/users/not-a-uuid/favorites", f"/v1/users/me/favorites/{'1' * 31}",
+                 "/v1/products/xyz/favorites/count"):
+        response = await client.get(path, headers=bearer(owner))
+        assert_problem(response, 422, "validation-error")
+
+
+async def test_request_id_is_kept_when_valid_and_replaced_otherwise(
+    client: httpx.AsyncClient,
+) -> None:
+    kept = await client.get("/health/live", headers={"X-Request-ID": "abc.DEF_123-x"})
+    assert kept.headers["x-request-id"] == "abc.DEF_123-x"
+    for bad in ("has space", "x" * 129, "<script>", "\u00e9".encode()):
+        replaced = await client.get("/health/live", headers={"X-Request-ID": bad})
+        assert replaced.headers["x-request-id"] != bad
+        assert len(replaced.headers["x-request-id"]) == 32
+
+
+async def test_security_headers_on_success_and_error(client: httpx.AsyncClient) -> None:
+    for response in (await client.get("/health/live"), await client.get("/v1/users/me/favorites")):
+        headers = response.headers
+        assert headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
+        assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["cache-control"] == "no-store"
+
+
+@pytest.fixture
+async def capped(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(make_settings(database_url, tmp_path, max_favorites_per_user=2))
+    async for c in started(app):
+        yield c
+
+
+async def test_per_user_cap_is_409(capped: httpx.AsyncClient) -> None:
+    owner = uuid.uuid4()
+    products = [await new_product(capped) for _ in range(3)]
+    for product in products[:2]:
+        assert (await capped.put(f"/v1/users/me/favorites/{product}",
+                                 headers=bearer(owner))).status_code == 201
+    response = await capped.put(f"/v1/users/me/favorites/{products[2]}", headers=bearer(owner))
+    assert_problem(response, 409, "favorites-limit-reached")
+    again = await capped.put(f"/v1/users/me/favorites/{products[0]}", headers=bearer(owner))
+    assert again.status_code == 200  # re-adding an existing one is not "one more"
+    count = await capped.get("/v1/users/me/favorites/count", headers=bearer(owner))
+    assert count.json() == {"count": 2}
+
+
+async def test_database_down_is_503_and_not_ready(tmp_path: Path) -> None:
+    app = create_app(make_settings("postgresql://postgres@127.0.0.1:5999/none", tmp_path))
+    async for c in started(app):
+        ready = await c.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "unavailable"
+        assert ready.headers["retry-after"]
+        live = await c.get("/health/live")
+        assert live.status_code == 200
+        response = await c.get("/v1/users/me/favorites",
+                               headers={"Authorization": f"Bearer {token(uuid.uuid4())}"})
+        assert_problem(response, 503, "dependency-unavailable")
+        assert response.headers["retry-after"]

@@ -1,0 +1,187 @@
+"""The real thing: `favorites serve` as a user runs it, over a socket, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAVORITES_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Served:
+    base: str
+    output: str
+    cwd: Path
+    process: subprocess.Popen[str]
+
+
+def _serve(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    port = free_port()
+    log = cwd / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(BIN / "favorites"), "serve", "--port", str(port), *args],
+            cwd=cwd, env=env or clean_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        else:
+            pytest.fail("server did not become ready:\n" + log.read_text())
+        yield Served(base, log.read_text(), cwd, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    yield from _serve(tmp_path_factory.mktemp("embedded"), "--workers", "2")
+
+
+def test_first_start_prints_a_working_demo(served: Served) -> None:
+    assert "X-API-Key: fav_" in served.output
+    token = re.search(r"access token \(1 h\):\s+(\S+)", served.output)
+    assert token is not None
+    add = re.search(r"favorites products add (\S+)", served.output)
+    assert add is not None
+    registered = subprocess.run(
+        [str(BIN / "favorites"), "products", "add", add.group(1)], cwd=served.cwd,
+        env=clean_env(), capture_output=True, text=True, check=True,
+    )
+    assert "1 products registered (1 new)" in registered.stdout
+    curl = re.search(r"curl -s -X PUT -H 'Authorization: Bearer (\S+)' (\S+)", served.output)
+    assert curl is not None
+    response = httpx.put(curl.group(2), headers={"Authorization": f"Bearer {curl.group(1)}"})
+    assert response.status_code == 201
+    listed = httpx.get(f"{served.base}/v1/users/me/favorites",
+                       headers={"Authorization": f"Bearer {token.group(1)}"})
+    assert [i["product_id"] for i in listed.json()["items"]] == [add.group(1)]
+    assert (served.cwd / "var" / "favorites.db").exists()
+
+
+def test_chunked_body_over_the_limit_is_413_over_a_socket(served: Served) -> None:
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /v1/auth/refresh HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 512
+        for _ in range(3):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        reply = sock.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 413")
+    assert "application/problem+json" in reply
+
+
+def test_token_command_mints_a_usable_token(served: Served) -> None:
+    user = uuid.uuid4()
+    minted = subprocess.run([str(BIN / "favorites"), "token", "--user", str(user), "--admin"],
+                            cwd=served.cwd, env=clean_env(), capture_output=True, text=True,
+                            check=True).stdout.strip()
+    other = uuid.uuid4()
+    response = httpx.get(f"{served.base}/v1/users/{other}/favorites/count",
+                         headers={"Authorization": f"Bearer {minted}"})
+    assert response.json() == {"count": 0}  # admin reads anyone's
+
+
+def test_products_import_from_stdin(served: Served) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    result = subprocess.run([str(BIN / "favorites"), "products", "import", "-"],
+                            cwd=served.cwd, env=clean_env(), input="\n".join(ids) + "\n",
+                            capture_output=True, text=True, check=True)
+    assert "3 products registered (3 new)" in result.stdout
+    bad = subprocess.run([str(BIN / "favorites"), "products", "import", "-"],
+                         cwd=served.cwd, env=clean_env(), input="not-a-uuid\n",
+                         capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "line 1: not a UUID" in bad.stderr
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("FAVORITES_RATE_LIMIT", "lots"),
+    ("FAVORITES_DATABASE_URL", "mysql://x"),
+    ("FAVORITES_MAX_FAVORITES_PER_USER", "-3"),
+    ("FAVORITES_CORS_ORIGINS", "*"),
+    ("FAVORITES_SERVICE_CLIENTS", "[{\"name\": \"x\"}]"),
+])
+def test_bad_configuration_stops_with_one_line_naming_the_variable(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    result = subprocess.run([str(BIN / "favorites"), "serve", "--port", str(free_port())],
+                            cwd=tmp_path, env=clean_env(**{name: value}), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert name in lines[0]
+
+
+def test_production_refuses_generated_secrets(tmp_path: Path) -> None:
+    result = subprocess.run([str(BIN / "favorites"), "serve"], cwd=tmp_path,
+                            env=clean_env(FAVORITES_ENV="production"), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert "FAVORITES_JWT_SECRET" in result.stderr
+
+
+def test_secret_file_variant(tmp_path: Path) -> None:
+    secret = tmp_path / "jwt"
+    secret.write_text("s" * 40 + "\n")
+    user = str(uuid.uuid4())
+    env = clean_env(FAVORITES_JWT_SECRET_FILE=str(secret))
+    minted = subprocess.run([str(BIN / "favorites"), "token", "--user", user], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, check=True).stdout.strip()
+    import jwt
+
+    claims = jwt.decode(minted, "s" * 40, algorithms=["HS256"], audience="favorites")
+    assert claims["sub"] == user
+    assert not (tmp_path / "var" / "jwt-secret").exists()
+
+
+def test_migrate_command_up_and_down(tmp_path: Path) -> None:
+    env = clean_env(FAVORITES_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}")
+    for args in (["migrate"], ["migrate", "down", "base"], ["migrate", "up"]):
+        subprocess.run([str(BIN / "favorites"), *args], cwd=tmp_path, env=env, check=True,
+                       capture_output=True)
+    missing_rev = subprocess.run([str(BIN / "favorites"), "migrate", "down"], cwd=tmp_path,
+                                 env=env, capture_output=True, text=True)
+    assert missing_rev.returncode == 2
+
+
+def test_help_lists_every_command() -> None:
+    result = subprocess.run([str(BIN / "favorites"), "--help"], capture_output=True, text=True,
+                            check=True)
+    for command in ("serve", "migrate", "token", "products"):
+        assert command in result.stdout

@@ -1,0 +1,156 @@
+"""The same contract for every backend: SQLite (embedded default) and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from favorites.adapters.db.engine import PoolSettings, create_engine
+from favorites.adapters.db.tables import audit_log
+from favorites.adapters.db.uow import SqlUnitOfWorkFactory
+from favorites.domain.models import AuditAction, AuditEntry, Favorite
+from favorites.service_layer.ports import RefreshTokenRecord
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+async def uow(database_url: str) -> AsyncIterator[SqlUnitOfWorkFactory]:
+    engine = create_engine(database_url, PoolSettings(2, 10, 5000))
+    yield SqlUnitOfWorkFactory(engine)
+    await engine.dispose()
+
+
+async def _add(uow: SqlUnitOfWorkFactory, *favorites: Favorite) -> None:
+    async with uow() as work:
+        for favorite in favorites:
+            await work.favorites.insert(favorite)
+        await work.commit()
+
+
+async def test_insert_is_unique_and_get_returns_utc(uow: SqlUnitOfWorkFactory) -> None:
+    fav = Favorite(uuid.uuid4(), uuid.uuid4(), T0 + timedelta(microseconds=7))
+    async with uow() as work:
+        assert await work.favorites.insert(fav) is True
+        assert await work.favorites.insert(fav) is False
+        await work.commit()
+    async with uow(readonly=True) as work:
+        got = await work.favorites.get(fav.user_id, fav.product_id)
+    assert got == fav
+    assert got is not None
+    assert got.created_at.tzinfo is not None
+
+
+async def test_uncommitted_work_is_rolled_back(uow: SqlUnitOfWorkFactory) -> None:
+    fav = Favorite(uuid.uuid4(), uuid.uuid4(), T0)
+    async with uow() as work:
+        await work.favorites.insert(fav)
+    async with uow(readonly=True) as work:
+        assert await work.favorites.get(fav.user_id, fav.product_id) is None
+
+
+async def test_page_orders_newest_first_with_product_tiebreak(uow: SqlUnitOfWorkFactory) -> None:
+    owner = uuid.uuid4()
+    same_time = sorted(uuid.uuid4() for _ in range(3))
+    older, newer = uuid.uuid4(), uuid.uuid4()
+    await _add(uow, Favorite(owner, older, T0 - timedelta(seconds=1)),
+               *[Favorite(owner, p, T0) for p in same_time],
+               Favorite(owner, newer, T0 + timedelta(seconds=1)),
+               Favorite(uuid.uuid4(), uuid.uuid4(), T0))  # someone else's
+    async with uow(readonly=True) as work:
+        full = await work.favorites.page(owner, 10, None)
+        assert [f.product_id for f in full] == [newer, *same_time, older]
+        first_two = await work.favorites.page(owner, 2, None)
+        last = first_two[-1]
+        rest = await work.favorites.page(owner, 10, (last.created_at, last.product_id))
+    assert [f.product_id for f in first_two + rest] == [f.product_id for f in full]
+
+
+async def test_counts_and_contains(uow: SqlUnitOfWorkFactory) -> None:
+    owner, product = uuid.uuid4(), uuid.uuid4()
+    others = [uuid.uuid4() for _ in range(3)]
+    await _add(uow, Favorite(owner, product, T0),
+               *[Favorite(u, product, T0) for u in others],
+               Favorite(owner, uuid.uuid4(), T0))
+    async with uow(readonly=True) as work:
+        assert await work.favorites.count_for_user(owner) == 2
+        assert await work.favorites.count_for_product(product) == 4
+        assert await work.favorites.contains(owner, [product, uuid.uuid4()]) == {product}
+
+
+async def test_delete_all_and_batches(uow: SqlUnitOfWorkFactory) -> None:
+    owner, product = uuid.uuid4(), uuid.uuid4()
+    fans = [uuid.uuid4() for _ in range(5)]
+    await _add(uow, *[Favorite(u, product, T0) for u in fans],
+               *[Favorite(owner, uuid.uuid4(), T0) for _ in range(3)])
+    async with uow() as work:
+        first = await work.favorites.delete_batch_for_product(product, 3)
+        second = await work.favorites.delete_batch_for_product(product, 3)
+        assert await work.favorites.delete_all_for_user(owner) == 3
+        assert await work.favorites.delete(owner, uuid.uuid4()) is False
+        await work.commit()
+    assert len(first) == 3
+    assert len(second) == 2
+    assert sorted(first + second) == sorted(fans)
+
+
+async def test_products_register_delete_revive(uow: SqlUnitOfWorkFactory) -> None:
+    product = uuid.uuid4()
+    async with uow() as work:
+        assert await work.products.upsert(product) is True
+        assert await work.products.upsert(product) is False
+        assert await work.products.existing([product, uuid.uuid4()]) == {product}
+        await work.products.mark_deleted(product, T0)
+        assert await work.products.existing([product]) == set()
+        assert await work.products.upsert(product) is True
+        await work.commit()
+
+
+async def test_refresh_tokens_spend_once(uow: SqlUnitOfWorkFactory) -> None:
+    record = RefreshTokenRecord(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), ("user",),
+                                uuid.uuid4().hex + uuid.uuid4().hex, T0, T0 + timedelta(days=1))
+    async with uow() as work:
+        await work.refresh_tokens.insert(record)
+        got = await work.refresh_tokens.get_by_hash(record.token_hash)
+        assert got == record
+        assert await work.refresh_tokens.mark_used(record.token_id, T0) is True
+        assert await work.refresh_tokens.mark_used(record.token_id, T0) is False
+        assert await work.refresh_tokens.revoke_family(record.family_id, T0) == 1
+        assert await work.refresh_tokens.delete_for_user(record.user_id) == 1
+        await work.commit()
+
+
+async def test_revoked_tokens_window(uow: SqlUnitOfWorkFactory) -> None:
+    jti = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    async with uow() as work:
+        await work.revoked_tokens.add(jti, now + timedelta(hours=1), now)
+        await work.revoked_tokens.add(jti, now + timedelta(hours=1), now)  # idempotent
+        await work.commit()
+    async with uow(readonly=True) as work:
+        active = await work.revoked_tokens.active_since(now - timedelta(seconds=1), now)
+        expired = await work.revoked_tokens.active_since(now - timedelta(seconds=1),
+                                                         now + timedelta(hours=2))
+    assert jti in {j for j, _ in active}
+    assert jti not in {j for j, _ in expired}
+
+
+async def test_audit_pseudonymisation(uow: SqlUnitOfWorkFactory) -> None:
+    owner = str(uuid.uuid4())
+    async with uow() as work:
+        await work.audit.record(AuditEntry(AuditAction.FAVORITE_ADDED, owner, "user", owner,
+                                           uuid.uuid4(), "r1"), T0)
+        assert await work.audit.pseudonymise_user(owner, "erased:abc") == 2
+        await work.commit()
+    async with uow(readonly=True) as work:
+        conn = work._conn
+        assert conn is not None
+        rows = (await conn.execute(
+            sa.select(audit_log.c.actor_id, audit_log.c.subject_user_id)
+            .where(audit_log.c.request_id == "r1", audit_log.c.actor_id == "erased:abc")
+        )).all()
+    assert rows == [("erased:abc", "erased:abc")]

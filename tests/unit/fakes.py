@@ -1,0 +1,248 @@
+"""In-memory fakes of the ports: the service layer's rules tested without sockets.
+
+They keep transactional semantics (changes become visible on commit only), so rollback behaviour
+is exercised too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Self
+from uuid import UUID
+
+from favorites.domain.models import AuditEntry, Favorite
+from favorites.service_layer.ports import RefreshTokenRecord
+
+
+@dataclass
+class State:
+    favorites: dict[tuple[UUID, UUID], Favorite] = field(default_factory=dict)
+    products: dict[UUID, datetime | None] = field(default_factory=dict)
+    audit: list[tuple[AuditEntry, datetime]] = field(default_factory=list)
+    refresh: dict[UUID, RefreshTokenRecord] = field(default_factory=dict)
+    revoked: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
+
+
+class FakeFavorites:
+    def __init__(self, state: State):
+        self.s = state
+
+    async def lock_user(self, user_id: UUID) -> None:
+        return None
+
+    async def insert(self, favorite: Favorite) -> bool:
+        key = (favorite.user_id, favorite.product_id)
+        if key in self.s.favorites:
+            return False
+        self.s.favorites[key] = favorite
+        return True
+
+    async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None:
+        return self.s.favorites.get((user_id, product_id))
+
+    async def delete(self, user_id: UUID, product_id: UUID) -> bool:
+        return self.s.favorites.pop((user_id, product_id), None) is not None
+
+    async def page(
+        self, user_id: UUID, limit: int, after: tuple[datetime, UUID] | None
+    ) -> list[Favorite]:
+        rows = sorted((f for f in self.s.favorites.values() if f.user_id == user_id),
+                      key=lambda f: (-f.created_at.timestamp(), f.product_id))
+        if after is not None:
+            at, product = after
+            rows = [f for f in rows if f.created_at < at or
+                    (f.created_at == at and f.product_id > product)]
+        return rows[:limit]
+
+    async def count_for_user(self, user_id: UUID) -> int:
+        return sum(1 for u, _ in self.s.favorites if u == user_id)
+
+    async def contains(self, user_id: UUID, product_ids: Sequence[UUID]) -> set[UUID]:
+        return {p for p in product_ids if (user_id, p) in self.s.favorites}
+
+    async def count_for_product(self, product_id: UUID) -> int:
+        return sum(1 for _, p in self.s.favorites if p == product_id)
+
+    async def delete_all_for_user(self, user_id: UUID) -> int:
+        keys = [k for k in self.s.favorites if k[0] == user_id]
+        for k in keys:
+            del self.s.favorites[k]
+        return len(keys)
+
+    async def delete_batch_for_product(self, product_id: UUID, batch_size: int) -> list[UUID]:
+        keys = [k for k in self.s.favorites if k[1] == product_id][:batch_size]
+        for k in keys:
+            del self.s.favorites[k]
+        return [k[0] for k in keys]
+
+
+class FakeProducts:
+    def __init__(self, state: State):
+        self.s = state
+
+    async def upsert(self, product_id: UUID) -> bool:
+        was_active = product_id in self.s.products and self.s.products[product_id] is None
+        self.s.products[product_id] = None
+        return not was_active
+
+    async def mark_deleted(self, product_id: UUID, at: datetime) -> bool:
+        self.s.products[product_id] = self.s.products.get(product_id) or at
+        return True
+
+    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]:
+        return {p for p in product_ids if p in self.s.products and self.s.products[p] is None}
+
+
+class FakeAudit:
+    def __init__(self, state: State):
+        self.s = state
+
+    async def record(self, entry: AuditEntry, at: datetime) -> None:
+        self.s.audit.append((entry, at))
+
+    async def pseudonymise_user(self, user_id: str, pseudonym: str) -> int:
+        changed = 0
+        for i, (entry, at) in enumerate(self.s.audit):
+            if user_id in (entry.subject_user_id, entry.actor_id):
+                self.s.audit[i] = (replace(
+                    entry,
+                    subject_user_id=pseudonym if entry.subject_user_id == user_id
+                    else entry.subject_user_id,
+                    actor_id=pseudonym if entry.actor_id == user_id else entry.actor_id,
+                ), at)
+                changed += 1
+        return changed
+
+
+class FakeRefreshTokens:
+    def __init__(self, state: State):
+        self.s = state
+
+    async def insert(self, record: RefreshTokenRecord) -> None:
+        self.s.refresh[record.token_id] = record
+
+    async def get_by_hash(self, token_hash: str) -> RefreshTokenRecord | None:
+        return next((r for r in self.s.refresh.values() if r.token_hash == token_hash), None)
+
+    async def mark_used(self, token_id: UUID, at: datetime) -> bool:
+        record = self.s.refresh[token_id]
+        if record.used_at is not None or record.revoked_at is not None:
+            return False
+        self.s.refresh[token_id] = replace(record, used_at=at)
+        return True
+
+    async def revoke_family(self, family_id: UUID, at: datetime) -> int:
+        n = 0
+        for key, record in list(self.s.refresh.items()):
+            if record.family_id == family_id and record.revoked_at is None:
+                self.s.refresh[key] = replace(record, revoked_at=at)
+                n += 1
+        return n
+
+    async def delete_for_user(self, user_id: UUID) -> int:
+        keys = [k for k, r in self.s.refresh.items() if r.user_id == user_id]
+        for k in keys:
+            del self.s.refresh[k]
+        return len(keys)
+
+
+class FakeRevoked:
+    def __init__(self, state: State):
+        self.s = state
+
+    async def add(self, jti: str, expires_at: datetime, at: datetime) -> None:
+        self.s.revoked.setdefault(jti, (at, expires_at))
+
+    async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
+        return [(j, exp) for j, (at, exp) in self.s.revoked.items() if at >= since and exp > now]
+
+
+class FakeUnitOfWork:
+    """Works on a copy of the committed state; ``commit`` publishes it."""
+
+    def __init__(self, db: FakeDatabase):
+        self._db = db
+
+    async def __aenter__(self) -> Self:
+        self._work = copy.deepcopy(self._db.state)
+        self.favorites = FakeFavorites(self._work)
+        self.products = FakeProducts(self._work)
+        self.audit = FakeAudit(self._work)
+        self.refresh_tokens = FakeRefreshTokens(self._work)
+        self.revoked_tokens = FakeRevoked(self._work)
+        return self
+
+    async def commit(self) -> None:
+        self._db.state = self._work
+        self._db.commits += 1
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class FakeDatabase:
+    def __init__(self) -> None:
+        self.state = State()
+        self.commits = 0
+        self.readonly_calls: list[UUID | None] = []
+
+    def __call__(self, *, readonly: bool = False, user_id: UUID | None = None) -> FakeUnitOfWork:
+        if readonly:
+            self.readonly_calls.append(user_id)
+        return FakeUnitOfWork(self)
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None):
+        self.current = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        self.current += timedelta(microseconds=1)
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+class FakeCatalog:
+    def __init__(self, db: FakeDatabase):
+        self._db = db
+        self.forgotten: list[UUID] = []
+
+    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]:
+        return {p for p in product_ids if self._db.state.products.get(p, 1) is None}
+
+    async def forget(self, product_id: UUID) -> None:
+        self.forgotten.append(product_id)
+
+
+class RecordingCache:
+    """A null cache that records invalidations, to assert the service layer asks for them."""
+
+    def __init__(self) -> None:
+        self.invalidated: list[UUID] = []
+
+    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
+        return None
+
+    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None:
+        return None
+
+    async def get_count(self, user_id: UUID) -> int | None:
+        return None
+
+    async def set_count(self, user_id: UUID, count: int, version: int) -> None:
+        return None
+
+    async def version(self, user_id: UUID) -> int:
+        return 0
+
+    async def invalidate_user(self, user_id: UUID) -> None:
+        self.invalidated.append(user_id)

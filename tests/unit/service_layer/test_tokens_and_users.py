@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from favorites.domain.errors import Forbidden, InvalidToken, ScopeMissing
+from favorites.domain.models import AuditAction, Favorite
+from favorites.service_layer.favorites import FavoritesService
+from favorites.service_layer.products import DELETE_BATCH, ProductsService
+from favorites.service_layer.tokens import TokenService, hash_refresh_token
+from favorites.service_layer.users import UsersService
+from tests.unit.fakes import FakeClock, FakeDatabase, RecordingCache
+from tests.unit.service_layer.conftest import service_client, user
+
+
+class FakeSigner:
+    def __init__(self) -> None:
+        self.minted: list[tuple[uuid.UUID, tuple[str, ...]]] = []
+
+    def mint(self, user_id: uuid.UUID, roles: tuple[str, ...]) -> tuple[str, int]:
+        self.minted.append((user_id, roles))
+        return f"access-{len(self.minted)}", 3600
+
+
+class FakeRevocations:
+    def __init__(self) -> None:
+        self.revoked: dict[str, int] = {}
+
+    def revoke_locally(self, jti: str, expires_at: int) -> None:
+        self.revoked[jti] = expires_at
+
+
+@pytest.fixture
+def tokens(db: FakeDatabase, clock: FakeClock) -> TokenService:
+    return TokenService(db, FakeSigner(), FakeRevocations(), clock, refresh_ttl_seconds=3600)
+
+
+ISSUER = service_client("tokens:issue")
+
+
+async def test_issue_needs_the_scope_and_stores_only_a_hash(
+    tokens: TokenService, db: FakeDatabase
+) -> None:
+    with pytest.raises(ScopeMissing):
+        await tokens.issue(service_client("products:write"), uuid.uuid4(), ("user",))
+    pair = await tokens.issue(ISSUER, uuid.uuid4(), ("user",))
+    [stored] = db.state.refresh.values()
+    assert stored.token_hash == hash_refresh_token(pair.refresh_token)
+    assert pair.refresh_token not in repr(db.state)
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(
+    tokens: TokenService, db: FakeDatabase
+) -> None:
+    owner = uuid.uuid4()
+    first = await tokens.issue(ISSUER, owner, ("admin",))
+    second = await tokens.refresh(first.refresh_token)
+    assert second.refresh_token != first.refresh_token
+    with pytest.raises(InvalidToken):
+        await tokens.refresh(first.refresh_token)  # replay of a spent token
+    with pytest.raises(InvalidToken):
+        await tokens.refresh(second.refresh_token)  # the whole family is gone
+    revoked = [e for e, _ in db.state.audit if e.action is AuditAction.TOKEN_FAMILY_REVOKED]
+    assert len(revoked) == 1
+    assert revoked[0].outcome == "reuse_detected"
+
+
+async def test_refresh_keeps_roles_and_expiry_is_enforced(
+    tokens: TokenService, clock: FakeClock
+) -> None:
+    owner = uuid.uuid4()
+    pair = await tokens.issue(ISSUER, owner, ("admin",))
+    signer = tokens._signer
+    assert isinstance(signer, FakeSigner)
+    await tokens.refresh(pair.refresh_token)
+    assert signer.minted[-1] == (owner, ("admin",))
+    late = await tokens.issue(ISSUER, owner, ("user",))
+    clock.advance(3601)
+    with pytest.raises(InvalidToken):
+        await tokens.refresh(late.refresh_token)
+
+
+async def test_logout_revokes_family_and_access_token(
+    tokens: TokenService, db: FakeDatabase
+) -> None:
+    owner = uuid.uuid4()
+    pair = await tokens.issue(ISSUER, owner, ("user",))
+    principal = user(owner)
+    with pytest.raises(Forbidden):
+        await tokens.logout(user(uuid.uuid4()), pair.refresh_token)
+    await tokens.logout(principal, pair.refresh_token)
+    assert principal.token_id in db.state.revoked
+    revocations = tokens._revocations
+    assert isinstance(revocations, FakeRevocations)
+    assert principal.token_id in revocations.revoked
+    with pytest.raises(InvalidToken):
+        await tokens.refresh(pair.refresh_token)
+
+
+async def test_erasure_deletes_everything_and_pseudonymises_audit(
+    db: FakeDatabase, clock: FakeClock, cache: RecordingCache, service: FavoritesService,
+    products: ProductsService, tokens: TokenService,
+) -> None:
+    users = UsersService(db, cache, clock, b"p" * 32)
+    owner = uuid.uuid4()
+    product = uuid.uuid4()
+    await products.register_many([product])
+    await service.add(user(owner), owner, product)
+    await tokens.issue(ISSUER, owner, ("user",))
+    with pytest.raises(ScopeMissing):
+        await users.erase(service_client("tokens:issue"), owner)
+    assert await users.erase(service_client("users:erase"), owner) == 1
+    assert await users.erase(service_client("users:erase"), owner) == 0  # harmless again
+    assert not db.state.favorites
+    assert not db.state.refresh
+    text = repr(db.state.audit)
+    assert str(owner) not in text
+    assert users.pseudonym(owner) in text
+    assert [e.action for e, _ in db.state.audit].count(AuditAction.USER_ERASED) == 2
+    assert cache.invalidated[-1] == owner
+
+
+async def test_product_delete_purges_favorites_in_batches(
+    db: FakeDatabase, products: ProductsService, cache: RecordingCache
+) -> None:
+    product = uuid.uuid4()
+    await products.register_many([product])
+    at = FakeClock().now()
+    for _ in range(DELETE_BATCH + 5):
+        owner = uuid.uuid4()
+        db.state.favorites[(owner, product)] = Favorite(owner, product, at)
+    await products.delete(service_client("products:write"), product)
+    commits_before = db.commits
+    assert await products.purge_favorites(product) == DELETE_BATCH + 5
+    assert db.commits - commits_before == 2  # one full batch, one partial
+    assert not db.state.favorites
+    assert len(cache.invalidated) == DELETE_BATCH + 5
