@@ -29,9 +29,14 @@ typecheck: $(BIN)/.installed
 rules:
 	@if [ -d deploy/prometheus ]; then scripts/check-rules.sh; fi
 
-## Open-loop benchmark on PostgreSQL (see bench/README.md)
+## Open-loop benchmark on PostgreSQL (see bench/README.md); extra options: make bench BENCH_ARGS='--rate 500'
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## A 10-second smoke run of the benchmark on a small data set (results under var/bench-results)
+bench-quick: $(BIN)/.installed
+	$(BIN)/python -m bench.run --users 2000 --per-user 10 --rate 100 --duration 5 --warmup 2 \
+		--results-dir var/bench-results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

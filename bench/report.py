@@ -1,0 +1,271 @@
+"""Figures from a Recorder, the JSON/PNG files under bench/results/ and ``latest.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import KIND_NAMES, PSEUDO_STATUS, Recorder
+
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list (the value at least p % of samples reach)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latency_summary(latencies_s: list[float]) -> dict[str, float]:
+    values = sorted(latencies_s)
+    if not values:
+        return {"count": 0}
+    out: dict[str, float] = {"count": len(values)}
+    for p in PERCENTILES:
+        out[f"p{p:g}_ms"] = round(percentile(values, p) * 1000, 3)
+    out["max_ms"] = round(values[-1] * 1000, 3)
+    out["mean_ms"] = round(sum(values) / len(values) * 1000, 3)
+    return out
+
+
+def status_name(status: int) -> str:
+    return PSEUDO_STATUS.get(status, str(status))
+
+
+def summarize(rec: Recorder, *, mode: str, target_rate: float | None,
+              duration: float) -> dict[str, Any]:
+    n = len(rec.latency)
+    ok = [200 <= s < 300 for s in rec.status]
+    ok_count = sum(ok)
+    done = [d + lat for d, lat in zip(rec.due, rec.latency, strict=True)]
+    span = max(duration, max(done, default=0.0))
+    errors: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    by_kind: dict[int, list[float]] = defaultdict(list)
+    for kind, status, lat, good in zip(rec.kind, rec.status, rec.latency, ok, strict=True):
+        statuses[f"{KIND_NAMES[kind]} {status_name(status)}"] += 1
+        by_kind[kind].append(lat)
+        if not good:
+            errors[f"{KIND_NAMES[kind]} {status_name(status)}"] += 1
+    summary: dict[str, Any] = {
+        "mode": mode,
+        "target_rate": target_rate,
+        "duration_s": duration,
+        "requests": n,
+        "sent": rec.sent,
+        "ok": ok_count,
+        "errors": n - ok_count,
+        "error_rate_pct": round(100 * (n - ok_count) / n, 4) if n else 0.0,
+        "errors_by_kind": dict(errors.most_common()),
+        "statuses": dict(sorted(statuses.items())),
+        "achieved_rate": round(ok_count / span, 1) if span else 0.0,
+        "answered_rate": round(sum(1 for s in rec.status if s > 0) / span, 1) if span else 0.0,
+        "span_s": round(span, 3),
+        "latency": latency_summary(list(rec.latency)),
+        "latency_by_kind": {KIND_NAMES[k]: latency_summary(v) for k, v in sorted(by_kind.items())},
+        "connections_opened": rec.connections_opened,
+        "max_queue": rec.max_queue,
+        "error_samples": rec.error_samples,
+    }
+    summary["windows"] = windows(rec, done)
+    return summary
+
+
+def windows(rec: Recorder, done: list[float], width: float = 1.0) -> list[dict[str, float | None]]:
+    """Per ``width`` seconds: latency percentiles by due time, answers by completion time."""
+    by_due: dict[int, list[float]] = defaultdict(list)
+    answered: Counter[int] = Counter()
+    errors: Counter[int] = Counter()
+    for due, lat, status, end in zip(rec.due, rec.latency, rec.status, done, strict=True):
+        by_due[int(due // width)].append(lat)
+        if not 200 <= status < 300:
+            errors[int(due // width)] += 1
+        else:
+            answered[int(end // width)] += 1
+    last = max([*by_due, *answered], default=-1)
+    out = []
+    for w in range(last + 1):
+        values = sorted(by_due.get(w, []))
+        out.append({
+            "t": w * width,
+            "sent": len(values),
+            "ok_per_s": answered.get(w, 0) / width,
+            "errors": errors.get(w, 0),
+            "p50_ms": round(percentile(values, 50) * 1000, 3) if values else None,
+            "p99_ms": round(percentile(values, 99) * 1000, 3) if values else None,
+            "max_ms": round(values[-1] * 1000, 3) if values else None,
+        })
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    s = result["summary"]
+    wins = s["windows"]
+    series = result.get("resources", {}).get("series", [])
+    panels = 3 if series else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), sharex=True)
+    ax = axes[0]
+    t = [w["t"] + 0.5 for w in wins]
+    for key, label, style in (("p50_ms", "p50", "-"), ("p99_ms", "p99", "-"),
+                              ("max_ms", "max", ":")):
+        ys = [w[key] if w[key] is not None else math.nan for w in wins]
+        ax.plot(t, ys, style, label=label)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel("latency per 1 s window (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right")
+    rate = "closed loop" if s["mode"] == "closed" else f"{s['target_rate']:g} req/s offered"
+    lat = s["latency"]
+    ax.set_title(
+        f"{result['scenario']} / {rate} / {result['config']['workers']} workers: "
+        f"p50 {lat.get('p50_ms', math.nan):.1f} p99 {lat.get('p99_ms', math.nan):.1f} "
+        f"max {lat.get('max_ms', math.nan):.0f} ms, {s['errors']} errors", fontsize=10)
+    ax = axes[1]
+    ax.plot(t, [w["ok_per_s"] for w in wins], label="2xx answers/s")
+    if s["target_rate"]:
+        ax.axhline(s["target_rate"], color="grey", linestyle="--", label="target")
+    errs = [w["errors"] for w in wins]
+    if any(errs):
+        ax.bar(t, errs, width=0.8, color="red", alpha=0.5, label="errors (by due time)")
+    ax.set_ylabel("requests/s")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    if series:
+        ax = axes[2]
+        ts = [p["t"] for p in series]
+        for key, label in (("server_cpu_pct", "server"), ("postgres_cpu_pct", "postgres"),
+                           ("generator_cpu_pct", "generator"), ("other_cpu_pct", "other"),
+                           ("machine_cpu_pct", "machine")):
+            ax.plot(ts, [p[key] for p in series], label=label)
+        ax.set_ylabel("CPU % (100 = one core)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", ncol=5, fontsize=8)
+    axes[-1].set_xlabel("seconds since t0 (latency by due time)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(result: dict[str, Any], results_dir: Path, stem: str) -> tuple[Path, Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    json_path = results_dir / f"{stem}.json"
+    png_path = results_dir / f"{stem}.png"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(json_path)
+    plot(result, png_path)
+    write_latest(result, results_dir / "latest.md", json_path.name, png_path.name)
+    return json_path, png_path
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}{unit}"
+    return f"{value:,}{unit}" if isinstance(value, int) else f"{value}{unit}"
+
+
+def headline(result: dict[str, Any]) -> list[str]:
+    """The summary lines printed after a run (also the core of latest.md)."""
+    s = result["summary"]
+    r = result.get("resources", {})
+    lat = s["latency"]
+    offered = ("closed loop, " + f"{result['config']['connections']} connections"
+               if s["mode"] == "closed" else f"{s['target_rate']:g} req/s offered")
+    lines = [
+        f"scenario {result['scenario']}, {offered}, {s['duration_s']:g} s, "
+        f"{result['config']['workers']} server workers",
+        f"achieved {s['achieved_rate']:,.1f} req/s (2xx), {s['requests']:,} requests, "
+        f"{s['errors']:,} errors ({s['error_rate_pct']:g} %)",
+        "latency ms: " + "  ".join(
+            f"{k.removesuffix('_ms')} {_fmt(lat.get(k))}"
+            for k in ("p50_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms")),
+    ]
+    for kind, kl in s["latency_by_kind"].items():
+        lines.append(f"  {kind:<9} n={kl['count']:<7,} p50 {_fmt(kl.get('p50_ms'))}  "
+                     f"p95 {_fmt(kl.get('p95_ms'))}  p99 {_fmt(kl.get('p99_ms'))}  "
+                     f"max {_fmt(kl.get('max_ms'))}")
+    if s["errors_by_kind"]:
+        lines.append("errors: " + ", ".join(f"{k} x{v}" for k, v in s["errors_by_kind"].items()))
+    if r:
+        per_req = result.get("cpu_ms_per_request", {})
+        lines.append(
+            f"CPU (% of one core, {r['machine_cpu_capacity_pct']} = whole machine): server "
+            f"{r['server_cpu_pct']} %, postgres {r['postgres_cpu_pct']} %, generator "
+            f"{r['generator_cpu_pct']} %, other processes {r['other_cpu_pct']} %, "
+            f"machine {r['machine_cpu_pct']} %")
+        if per_req:
+            idle = result.get("server_idle_cpu_pct")
+            lines.append("CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in per_req.items())
+                         + (f" (server idle: {idle} % of a core)" if idle is not None else ""))
+        if r.get("server_processes"):
+            lines.append(f"server peak RSS: worker VmHWM max {r['peak_worker_rss_mib']} MiB, "
+                         f"all server processes together {r['peak_server_rss_sum_mib']} MiB")
+    pg = result.get("postgres_stats")
+    if pg:
+        lines.append(f"postgres: about {pg.get('sessions', 0):,} new connections "
+                     f"({pg['sessions_per_1000_requests']} per 1000 requests)")
+    log = result.get("server_log")
+    if log:
+        problems = log["problems"]["counts"]
+        lines.append(f"server log: {log['bytes_per_request']} bytes per request, "
+                     f"{sum(problems.values())} warning/error lines")
+        for message, count in list(problems.items())[:5]:
+            lines.append(f"  {count:>6} x {message[:110]}")
+    return lines
+
+
+def write_latest(result: dict[str, Any], path: Path, json_name: str, png_name: str) -> None:
+    s = result["summary"]
+    lat = s["latency"]
+    lines = [
+        "# Latest benchmark run",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"- when: {result['started_at']} (git {result['git']['commit'][:12]}"
+        f"{', uncommitted changes' if result['git'].get('dirty') else ''})",
+        f"- machine: {result['machine']['nproc']} cores, {result['machine'].get('cpu_model', '?')}, "
+        f"load average before the run {result['machine'].get('loadavg_before', '?')}",
+        f"- data: {result.get('seed') or 'n/a'}",
+        f"- files: [{json_name}]({json_name}), [{png_name}]({png_name})",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| mode | {s['mode']} |",
+        f"| offered rate | {_fmt(s['target_rate'], ' req/s') if s['target_rate'] else 'closed loop'} |",
+        f"| achieved rate (2xx) | {_fmt(s['achieved_rate'], ' req/s')} |",
+        f"| requests / errors | {s['requests']:,} / {s['errors']:,} ({s['error_rate_pct']:g} %) |",
+    ]
+    for key in ("p50_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"):
+        lines.append(f"| {key.removesuffix('_ms')} | {_fmt(lat.get(key), ' ms')} |")
+    r = result.get("resources", {})
+    if r:
+        lines += [
+            f"| server CPU | {r['server_cpu_pct']} % of a core ({r['server_cpu_seconds']} s) |",
+            f"| PostgreSQL CPU | {r['postgres_cpu_pct']} % of a core |",
+            f"| generator CPU | {r['generator_cpu_pct']} % of a core |",
+            f"| other processes' CPU | {r['other_cpu_pct']} % of a core |",
+            f"| machine CPU | {r['machine_cpu_pct']} % of {r['machine_cpu_capacity_pct']} % |",
+        ]
+        if r.get("server_processes"):
+            lines.append(f"| peak worker RSS (VmHWM) | {r['peak_worker_rss_mib']} MiB |")
+    if s["errors_by_kind"]:
+        lines.append(f"| errors by kind | {', '.join(f'{k} x{v}' for k, v in s['errors_by_kind'].items())} |")
+    lines += ["", "```", *headline(result), "```", "", f"![latency over time]({png_name})", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
