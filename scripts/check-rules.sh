@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Validate and unit-test the Prometheus recording/alerting rules in deploy/prometheus/.
+#
+#   scripts/check-rules.sh            # what `make rules` (and therefore `make test` / CI) runs
+#
+# Needs `promtool`. It is looked up on PATH, then at /usr/bin/promtool, then in ./prometheus-bin/.
+# When it is missing and we run as root (CI containers), Debian's `prometheus` package is installed
+# non-interactively; the package's own server is never left running. Set PROMTOOL=/path/to/promtool
+# to force a particular binary. Any failure exits non-zero with a message saying what failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RULES=deploy/prometheus/alerts.yml
+TESTS=deploy/prometheus/alerts.test.yml
+
+die() { echo "check-rules: ERROR: $*" >&2; exit 1; }
+
+find_promtool() {
+  local candidate
+  for candidate in "$(command -v promtool 2>/dev/null || true)" /usr/bin/promtool prometheus-bin/promtool; do
+    if [[ -n "$candidate" && -x "$candidate" ]]; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+# Stop a Prometheus server the package may have started (systemd, SysV init or a bare daemon).
+stop_packaged_server() {
+  if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+    systemctl stop prometheus.service >/dev/null 2>&1 || true
+    systemctl disable prometheus.service >/dev/null 2>&1 || true
+  fi
+  if [[ -x /etc/init.d/prometheus ]]; then
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+  # Whatever is left: only processes whose executable is the packaged server binary.
+  local pid exe
+  for pid in $(pgrep -x prometheus 2>/dev/null || true); do
+    exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null || true)
+    if [[ "$exe" == /usr/bin/prometheus ]]; then
+      echo "check-rules: stopping Prometheus server started by the package (pid $pid)"
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
+  for pid in $(pgrep -x prometheus 2>/dev/null || true); do
+    exe=$(readlink -f "/proc/$pid/exe" 2>/dev/null || true)
+    if [[ "$exe" == /usr/bin/prometheus ]]; then
+      sleep 2; kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
+install_promtool() {
+  [[ "$(id -u)" == 0 ]] || die "promtool not found and not root: install it (Debian/Ubuntu: \
+'sudo apt-get install --no-install-recommends prometheus'; or put the upstream promtool binary \
+on PATH / in ./prometheus-bin/ / set PROMTOOL=...)"
+  command -v apt-get >/dev/null 2>&1 || die "promtool not found and apt-get unavailable; install promtool"
+  echo "check-rules: promtool not found; installing Debian package 'prometheus' (for promtool)"
+  local start=$SECONDS created_policy=""
+  # Keep maintainer scripts from starting the server: a policy-rc.d that denies every start is the
+  # standard mechanism (honoured by invoke-rc.d and deb-systemd-invoke). Only add one if absent.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  local rc=0 log
+  log=$(mktemp)
+  {
+    apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  } >"$log" 2>&1 || rc=$?
+  if [[ -n "$created_policy" ]]; then rm -f /usr/sbin/policy-rc.d; fi
+  stop_packaged_server
+  if [[ $rc != 0 ]]; then
+    cat "$log" >&2; rm -f "$log"
+    die "apt-get install prometheus failed (exit $rc)"
+  fi
+  rm -f "$log"
+  echo "check-rules: installed in $((SECONDS - start)) s"
+}
+
+if [[ -n "${PROMTOOL:-}" ]]; then
+  [[ -x "$PROMTOOL" ]] || die "PROMTOOL=$PROMTOOL is not an executable"
+  PROMTOOL_BIN=$PROMTOOL
+elif ! PROMTOOL_BIN=$(find_promtool); then
+  install_promtool
+  PROMTOOL_BIN=$(find_promtool) || die "promtool still missing after installing the package"
+fi
+echo "check-rules: using $PROMTOOL_BIN ($("$PROMTOOL_BIN" --version 2>&1 | head -n1))"
+
+[[ -f "$RULES" ]] || die "$RULES not found"
+[[ -f "$TESTS" ]] || die "$TESTS not found"
+
+echo "check-rules: promtool check rules $RULES"
+"$PROMTOOL_BIN" check rules "$RULES" || die "promtool check rules $RULES failed"
+
+echo "check-rules: promtool test rules $TESTS"
+"$PROMTOOL_BIN" test rules "$TESTS" || die "promtool test rules $TESTS failed"
+
+echo "check-rules: OK"
