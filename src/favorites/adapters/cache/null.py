@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from uuid import UUID
 
 from favorites.domain.models import Favorite
 
 
 class NullFavoritesCache:
+    def __init__(self) -> None:
+        self._tokens = itertools.count(1)
+
     async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
         return None
 
@@ -21,7 +25,9 @@ class NullFavoritesCache:
         return None
 
     async def version(self, user_id: UUID) -> int:
-        return 0
+        # A new token per call: with nothing to tell a write happened, no two loads may be
+        # collapsed into one (a read after a write could otherwise get a load begun before it).
+        return -next(self._tokens)
 
     async def invalidate_user(self, user_id: UUID) -> None:
         return None

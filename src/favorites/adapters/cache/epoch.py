@@ -1,0 +1,150 @@
+"""The cache epoch: how an invalidation lost while Redis was unreachable stays harmless.
+
+Every Redis key of the caches includes the epoch, whose truth is one row in the database. An
+instance that cannot deliver an invalidation (Redis down, slow, or skipped by the open breaker)
+bumps the epoch in the database *before* the write is answered, and moves to the new epoch at once:
+every entry written before, including the stale one, is unreachable from then on, whatever Redis
+comes back with (its old data after a restart from a snapshot, or after a pause). They expire by TTL.
+
+Other instances re-read the epoch every ``interval`` (1 s). Until then they could serve the stale
+entry only if Redis answers them while it did not answer the writer (a partial partition); a
+Redis that was down for everyone serves nobody meanwhile. Besides, an instance whose breaker closes
+again re-reads the epoch before it uses Redis (``require_sync``), and one whose epoch is older than
+``max_staleness`` (the database unreachable) or whose bump failed does not use Redis at all.
+
+A bump drops the whole cache (cold start for a few minutes). That is the price of never serving a
+stale list; it only happens when Redis fails, when the caches are being skipped anyway. Concurrent
+bumps of one instance are coalesced: one ``UPDATE`` covers every failure that happened before it
+started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("favorites.cache")
+
+
+class EpochStore(Protocol):
+    async def read(self) -> int: ...
+
+    async def bump(self) -> int: ...
+
+
+class CacheEpoch:
+    def __init__(
+        self,
+        store: EpochStore,
+        *,
+        interval: float = 1.0,
+        max_staleness: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._store = store
+        self._interval = interval
+        self._max_staleness = max_staleness
+        self._clock = clock
+        self.current = 0
+        self._synced_at = float("-inf")  # when the last successful read or bump *started*
+        self._required_after = float("-inf")
+        self._bump_failed = False
+        self._pending_round: asyncio.Task[None] | None = None
+        self._running_round: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Bumps done by this instance (for tests and logs).
+        self.bumps = 0
+
+    def __repr__(self) -> str:
+        return f"CacheEpoch(current={self.current}, fresh={self.fresh})"
+
+    @property
+    def fresh(self) -> bool:
+        """May Redis be used now: the epoch is known, recent, and no bump is owed."""
+        synced = self._synced_at
+        return (not self._bump_failed and synced > self._required_after
+                and self._clock() - synced < self._max_staleness)
+
+    def require_sync(self) -> None:
+        """Do not trust the epoch until it has been read again (Redis just came back)."""
+        self._required_after = self._clock()
+        self._wake.set()
+
+    async def sync(self) -> None:
+        started = self._clock()
+        epoch = await self._store.read()
+        self._advance(epoch, started)
+
+    async def bump(self) -> None:
+        """Retire every entry written so far; never raises (a failure is retried by the loop and
+        keeps this instance off Redis meanwhile)."""
+        round_ = self._pending_round
+        if round_ is None:
+            round_ = self._pending_round = asyncio.ensure_future(self._bump_round())
+        await asyncio.shield(round_)
+
+    async def _bump_round(self) -> None:
+        previous = self._running_round
+        if previous is not None:
+            await asyncio.wait([previous])
+        # Callers arriving from now on wait for the next round: this UPDATE may have started
+        # before their invalidation failed.
+        self._running_round, self._pending_round = self._pending_round, None
+        started = self._clock()
+        try:
+            epoch = await self._store.bump()
+        except Exception:
+            self._bump_failed = True
+            log.exception("cache epoch bump failed: this instance skips Redis until it succeeds")
+            self._wake.set()
+            return
+        self.bumps += 1
+        self._bump_failed = False
+        self._advance(epoch, started)
+        log.warning("cache epoch bumped to %d after an undelivered invalidation", epoch)
+
+    def _advance(self, epoch: int, started: float) -> None:
+        self.current = max(self.current, epoch)
+        self._synced_at = max(self._synced_at, started)
+
+    async def start(self) -> None:
+        """Never blocks start-up: until the first read succeeds, Redis is simply not used."""
+        with contextlib.suppress(Exception):
+            await self.sync()
+        self._task = asyncio.create_task(self._run(), name="cache-epoch-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for round_ in (self._pending_round, self._running_round):
+            if round_ is not None and not round_.done():
+                await asyncio.wait([round_], timeout=5)
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            try:
+                if self._bump_failed:
+                    await self.bump()
+                else:
+                    await self.sync()
+            except Exception:  # keep polling; Redis is skipped once the epoch is too old
+                if not failing:  # once per streak, not once a second
+                    log.warning("cannot read the cache epoch; caches bypassed until it can be "
+                                "read", exc_info=True)
+                failing = True
+            else:
+                if failing:
+                    log.info("cache epoch readable again (%d)", self.current)
+                failing = False

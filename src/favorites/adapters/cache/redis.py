@@ -1,0 +1,184 @@
+"""The caches in Redis (single node or Cluster): a user's first page and count, product existence.
+
+Keys (``<prefix>`` is ``fav``; ``<e>`` the cache epoch, see ``epoch``):
+
+- ``fav:{u:<user>}:v`` the user's version, ``fav:{u:<user>}:<e>:p`` first page,
+  ``fav:{u:<user>}:<e>:c`` count. The ``{u:<user>}`` hash tag puts a user's keys in one Cluster
+  slot (the read-your-writes mark ``{u:<user>}:rw`` too), so the two-key ``MGET`` works on Cluster.
+- ``fav:{p:<product>}:v`` and ``fav:{p:<product>}:<e>:e`` for product existence.
+
+Race-free cache-aside without a script: every entry is tagged with the version it was loaded
+under, and a read is a hit only when the tag equals the current version (one ``MGET`` of entry and
+version). A reader takes the version *before* loading from the database; a writer commits, then
+sets a new random version. So a load that overlapped a write is stored under the old version and is
+never served, whatever the interleaving, and an invalidation needs no knowledge of the epoch.
+Version keys outlive the entries they validate (``policy``), and versions are random, so a version
+key that expires and is set again never revalidates an old entry.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+from redis.asyncio import RedisCluster
+
+from favorites.adapters.cache import codec, policy
+from favorites.adapters.cache.gate import SKIPPED, RedisGate
+from favorites.adapters.cache.observer import LookupObserver, ignore_lookup
+from favorites.domain.models import Favorite
+
+PREFIX = "fav"
+
+
+def _new_version() -> str:
+    return str(secrets.randbelow((1 << 62) - 1) + 1)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class _RedisCache:
+    def __init__(self, gate: RedisGate, *, prefix: str = PREFIX,
+                 on_lookup: LookupObserver = ignore_lookup):
+        self._gate = gate
+        self._prefix = prefix
+        self._on_lookup = on_lookup
+
+    async def _mget(self, keys: list[str]) -> list[Any] | None:
+        """Values of ``keys`` (one slot per entry/version pair); None when Redis was skipped."""
+        client = self._gate.client
+        if isinstance(client, RedisCluster) and len(keys) > 2:
+            result = await self._gate.call(lambda: client.mget_nonatomic(keys), read=True)
+        else:
+            result = await self._gate.call(lambda: client.mget(keys), read=True)
+        return None if result is SKIPPED else list(result)
+
+    async def _bump_version(self, key: str, ttl: float) -> None:
+        client = self._gate.client
+        delivered = await self._gate.call(
+            lambda: client.set(key, _new_version(), px=_ms(ttl)))
+        if delivered is SKIPPED:
+            # Lost invalidation: an entry stored before the write may still be in Redis (and
+            # Redis may come back with it): retire every entry by moving to a new epoch.
+            await self._gate.epoch.bump()
+
+    async def _version_token(self, key: str) -> int:
+        gate = self._gate
+        if not gate.usable:
+            return gate.bypass_token()
+        epoch = gate.epoch.current
+        version = await gate.call(lambda: gate.client.get(key), read=True)
+        if version is SKIPPED:
+            return gate.bypass_token()
+        return codec.make_token(epoch, version)
+
+    async def _store(self, base: str, kind: str, token: int, payload: bytes,
+                     ttl: float) -> None:
+        gate = self._gate
+        if token < 0 or not gate.usable:
+            return
+        epoch, version = codec.split_token(token)
+        if epoch != gate.epoch.current:
+            return  # loaded under a retired epoch: it would never be read
+        client = gate.client
+        await gate.call(lambda: client.set(f"{base}:{epoch}:{kind}", codec.tag(version, payload),
+                                           px=_ms(policy.jittered(ttl))))
+
+
+class RedisFavoritesCache(_RedisCache):
+    """Implements the ``FavoritesCache`` port."""
+
+    def _user(self, user_id: UUID) -> str:
+        return f"{self._prefix}:{{u:{user_id}}}"
+
+    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
+        payload = await self._get(user_id, "p", policy.FAVORITES_PAGE)
+        if payload is None:
+            return None
+        items = codec.decode_page(user_id, payload, limit)
+        self._on_lookup(policy.FAVORITES_PAGE, "miss" if items is None else "hit")
+        return items
+
+    async def get_count(self, user_id: UUID) -> int | None:
+        payload = await self._get(user_id, "c", policy.FAVORITES_COUNT)
+        if payload is None:
+            return None
+        count = codec.decode_count(payload)
+        self._on_lookup(policy.FAVORITES_COUNT, "miss" if count is None else "hit")
+        return count
+
+    async def version(self, user_id: UUID) -> int:
+        return await self._version_token(f"{self._user(user_id)}:v")
+
+    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None:
+        await self._store(self._user(user_id), "p", version, codec.encode_page(items),
+                          policy.PAGE_TTL)
+
+    async def set_count(self, user_id: UUID, count: int, version: int) -> None:
+        await self._store(self._user(user_id), "c", version, codec.encode_count(count),
+                          policy.COUNT_TTL)
+
+    async def invalidate_user(self, user_id: UUID) -> None:
+        await self._bump_version(f"{self._user(user_id)}:v", policy.USER_VERSION_TTL)
+
+    async def _get(self, user_id: UUID, kind: str, cache_name: str) -> bytes | None:
+        """The entry's payload if it is current; records the miss/error (the caller the hit)."""
+        gate = self._gate
+        if not gate.usable:
+            self._on_lookup(cache_name, "error")
+            return None
+        base = self._user(user_id)
+        values = await self._mget([f"{base}:{gate.epoch.current}:{kind}", f"{base}:v"])
+        if values is None:
+            self._on_lookup(cache_name, "error")
+            return None
+        payload = codec.untag(values[0], values[1])
+        if payload is None:
+            self._on_lookup(cache_name, "miss")
+        return payload
+
+
+class RedisProductCache(_RedisCache):
+    """Product existence ("exists" only, see ``catalog.CachedCatalog``)."""
+
+    def _product(self, product_id: UUID) -> str:
+        return f"{self._prefix}:{{p:{product_id}}}"
+
+    async def known(self, product_ids: Sequence[UUID]) -> tuple[set[UUID], dict[UUID, int]]:
+        """(ids cached as existing, a version token for each of the others)."""
+        gate = self._gate
+        ids = list(dict.fromkeys(product_ids))
+        values = None
+        epoch = gate.epoch.current
+        if gate.usable:
+            keys: list[str] = []
+            for product_id in ids:
+                base = self._product(product_id)
+                keys += [f"{base}:{epoch}:e", f"{base}:v"]
+            values = await self._mget(keys)
+        if values is None:
+            for _ in ids:
+                self._on_lookup(policy.PRODUCT_EXISTS, "error")
+            return set(), {product_id: gate.bypass_token() for product_id in ids}
+        hits: set[UUID] = set()
+        tokens: dict[UUID, int] = {}
+        for i, product_id in enumerate(ids):
+            entry, version = values[2 * i], values[2 * i + 1]
+            if codec.untag(entry, version) is not None:
+                hits.add(product_id)
+                self._on_lookup(policy.PRODUCT_EXISTS, "hit")
+            else:
+                tokens[product_id] = codec.make_token(epoch, version)
+                self._on_lookup(policy.PRODUCT_EXISTS, "miss")
+        return hits, tokens
+
+    async def remember(self, found: Iterable[tuple[UUID, int]]) -> None:
+        for product_id, token in found:
+            await self._store(self._product(product_id), "e", token, b"1", policy.PRODUCT_TTL)
+
+    async def forget(self, product_id: UUID) -> None:
+        await self._bump_version(f"{self._product(product_id)}:v", policy.PRODUCT_VERSION_TTL)

@@ -1,0 +1,160 @@
+"""The cache contract, identical in process, on Redis and on Redis Cluster."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import RedisCluster
+from redis.crc import key_slot
+
+from favorites.adapters.cache import policy
+from favorites.adapters.cache.memory import Entries, Versions
+from favorites.adapters.cache.redis import RedisFavoritesCache
+from favorites.adapters.db.recent_writers import RedisRecentWriters
+from favorites.domain.models import Favorite
+from tests.integration.cache.conftest import Instance
+
+
+def favorites_of(user_id: uuid.UUID, n: int) -> list[Favorite]:
+    start = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)
+    return [Favorite(user_id, uuid.uuid4(), start - timedelta(microseconds=7 * i)) for i in range(n)]
+
+
+async def test_a_stored_first_page_is_served_exactly(instance: Instance) -> None:
+    cache = instance.caches.favorites
+    user_id = uuid.uuid4()
+    items = favorites_of(user_id, 51)
+    assert await cache.get_first_page(user_id, 51) is None
+    await cache.set_first_page(user_id, items, await cache.version(user_id))
+    assert await cache.get_first_page(user_id, 51) == items
+    assert await cache.get_first_page(user_id, 3) == items[:3]
+    served = await cache.get_first_page(user_id, 1)
+    assert served is not None
+    assert served[0].created_at.microsecond == 123456
+    assert served[0].created_at.tzinfo is not None
+    empty_user = uuid.uuid4()
+    await cache.set_first_page(empty_user, [], await cache.version(empty_user))
+    assert await cache.get_first_page(empty_user, 51) == []
+
+
+async def test_a_stored_count_is_served(instance: Instance) -> None:
+    cache = instance.caches.favorites
+    user_id = uuid.uuid4()
+    assert await cache.get_count(user_id) is None
+    await cache.set_count(user_id, 0, await cache.version(user_id))
+    assert await cache.get_count(user_id) == 0
+    await cache.invalidate_user(user_id)
+    await cache.set_count(user_id, 42, await cache.version(user_id))
+    assert await cache.get_count(user_id) == 42
+
+
+async def test_invalidation_drops_entries_and_refuses_loads_that_began_before_it(
+    instance: Instance,
+) -> None:
+    cache = instance.caches.favorites
+    user_id, other = uuid.uuid4(), uuid.uuid4()
+    for who in (user_id, other):
+        await cache.set_first_page(who, favorites_of(who, 2), await cache.version(who))
+        await cache.set_count(who, 2, await cache.version(who))
+    before = await cache.version(user_id)  # a reader took this, then loaded from the database
+    await cache.invalidate_user(user_id)  # ... while a write committed
+    assert await cache.get_first_page(user_id, 50) is None
+    assert await cache.get_count(user_id) is None
+    await cache.set_first_page(user_id, favorites_of(user_id, 2), before)
+    await cache.set_count(user_id, 2, before)
+    assert await cache.get_first_page(user_id, 50) is None, "a pre-write load was stored"
+    assert await cache.get_count(user_id) is None
+    # Other users are untouched.
+    assert await cache.get_count(other) == 2
+    assert await cache.get_first_page(other, 50) is not None
+
+
+async def test_lookups_are_reported_by_cache_name(instance: Instance) -> None:
+    cache = instance.caches.favorites
+    user_id = uuid.uuid4()
+    await cache.get_count(user_id)
+    await cache.set_count(user_id, 1, await cache.version(user_id))
+    await cache.get_count(user_id)
+    await cache.get_first_page(user_id, 1)
+    assert instance.lookups[policy.FAVORITES_COUNT, "miss"] == 1
+    assert instance.lookups[policy.FAVORITES_COUNT, "hit"] == 1
+    assert instance.lookups[policy.FAVORITES_PAGE, "miss"] == 1
+
+
+async def test_product_existence_is_remembered_and_forgotten(instance: Instance) -> None:
+    products = instance.caches.products
+    assert products is not None
+    known, unknown = uuid.uuid4(), uuid.uuid4()
+    hits, tokens = await products.known([known, unknown, known])
+    assert hits == set()
+    assert set(tokens) == {known, unknown}
+    await products.remember([(known, tokens[known])])
+    hits, tokens = await products.known([known, unknown])
+    assert hits == {known}
+    assert set(tokens) == {unknown}
+    assert instance.lookups[policy.PRODUCT_EXISTS, "hit"] == 1
+
+    await products.forget(known)
+    hits, tokens = await products.known([known])
+    assert hits == set()
+    stale = tokens[known]
+    await products.forget(known)  # deleted again while the lookup ran
+    await products.remember([(known, stale)])
+    assert (await products.known([known]))[0] == set(), "a lookup older than forget was stored"
+
+
+async def test_redis_entries_expire_with_jittered_ttls(redis_backed: Instance) -> None:
+    instance = redis_backed
+    assert instance.caches.gate is not None
+    cache = instance.caches.favorites
+    assert isinstance(cache, RedisFavoritesCache)
+    client = instance.caches.gate.client
+    epoch = instance.caches.gate.epoch.current
+    ttls = set()
+    for _ in range(8):
+        user_id = uuid.uuid4()
+        await cache.set_first_page(user_id, favorites_of(user_id, 1), await cache.version(user_id))
+        ttl = await client.pttl(f"{cache._user(user_id)}:{epoch}:p")
+        assert 0.9 * policy.PAGE_TTL * 1000 - 1000 <= ttl <= 1.1 * policy.PAGE_TTL * 1000
+        ttls.add(ttl // 1000)
+    assert len(ttls) > 1, "TTLs are not jittered"
+
+
+async def test_a_users_keys_share_one_cluster_slot(redis_backed: Instance) -> None:
+    """Every key of a user (and the read-your-writes mark) hashes to one slot, so multi-key
+    commands work on Redis Cluster; asked of Redis itself on the cluster run."""
+    instance = redis_backed
+    assert instance.caches.gate is not None
+    cache = instance.caches.favorites
+    assert isinstance(cache, RedisFavoritesCache)
+    user_id = uuid.uuid4()
+    base = cache._user(user_id)
+    keys = [f"{base}:v", f"{base}:0:p", f"{base}:12:c", RedisRecentWriters.key(user_id)]
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+    client = instance.caches.gate.client
+    if isinstance(client, RedisCluster):
+        assert len({await client.cluster_keyslot(key) for key in keys}) == 1
+
+
+def test_in_process_entries_expire_jittered_and_stay_bounded() -> None:
+    now = [1000.0]
+    entries: Entries[int, str] = Entries(3, lambda: now[0])
+    for key in range(5):
+        entries.put(key, f"v{key}", 100)
+    assert len(entries) == 3
+    assert entries.get(0) is None
+    assert entries.get(4) == "v4"
+    now[0] += 89.9  # jitter never shortens a TTL by more than 10 %
+    assert entries.get(4) == "v4"
+    now[0] += 20.2  # nor lengthens it by more
+    assert entries.get(4) is None
+
+
+def test_in_process_versions_never_revalidate_an_old_token() -> None:
+    versions: Versions[int] = Versions(max_keys=2)
+    token = versions.token(1)
+    versions.bump(1)
+    for key in range(2, 10):  # 1's mark is forgotten; the floor rises past the old token
+        versions.bump(key)
+    assert versions.token(1) != token

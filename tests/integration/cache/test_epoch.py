@@ -1,0 +1,167 @@
+"""The cache epoch: coalesced bumps, fail-safe when it cannot be read, migration 0002."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from favorites.adapters.cache.epoch import CacheEpoch
+from favorites.adapters.cache.epoch_repository import CacheEpochRepository
+from favorites.adapters.cache.redis_client import RedisClient
+from favorites.adapters.db import migrate
+from favorites.adapters.db.engine import PoolSettings, create_engine
+from tests.integration.cache.conftest import (
+    new_product,
+    redis_instance,
+    user,
+)
+from tests.integration.cache.test_read_your_writes import add, listed
+
+
+class SlowStore:
+    def __init__(self) -> None:
+        self.epoch = 7
+        self.bumps = 0
+        self.release = asyncio.Event()
+        self.fail = False
+
+    async def read(self) -> int:
+        if self.fail:
+            raise OSError("database unreachable")
+        return self.epoch
+
+    async def bump(self) -> int:
+        self.bumps += 1
+        await self.release.wait()
+        if self.fail:
+            raise OSError("database unreachable")
+        self.epoch += 1
+        return self.epoch
+
+
+async def test_concurrent_bumps_are_coalesced_but_none_is_skipped() -> None:
+    store = SlowStore()
+    epoch = CacheEpoch(store)
+    await epoch.sync()
+    first = asyncio.create_task(epoch.bump())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the first UPDATE is running; these failures happened after it began
+    later = [asyncio.create_task(epoch.bump()) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    store.release.set()
+    await asyncio.gather(first, *later)
+    assert store.bumps == 2, "one UPDATE for the first, one after it for all the others"
+    assert epoch.current == 9
+    assert epoch.fresh
+
+
+async def test_a_failed_bump_keeps_the_instance_off_redis_until_it_is_retried() -> None:
+    store = SlowStore()
+    store.release.set()
+    epoch = CacheEpoch(store, interval=0.05)
+    await epoch.start()
+    try:
+        assert epoch.fresh
+        store.fail = True
+        await epoch.bump()  # never raises: the write it follows is committed
+        assert not epoch.fresh
+        await asyncio.sleep(0.2)
+        assert not epoch.fresh  # still failing
+        store.fail = False
+        for _ in range(40):
+            if epoch.fresh:
+                break
+            await asyncio.sleep(0.025)
+        assert epoch.fresh
+        assert epoch.current == 8
+    finally:
+        await epoch.stop()
+
+
+async def test_an_epoch_not_read_recently_is_not_trusted() -> None:
+    now = [100.0]
+    store = SlowStore()
+    epoch = CacheEpoch(store, max_staleness=3.0, clock=lambda: now[0])
+    assert not epoch.fresh  # never read
+    await epoch.sync()
+    assert epoch.fresh
+    now[0] += 3.5
+    assert not epoch.fresh
+    await epoch.sync()
+    epoch.require_sync()  # e.g. Redis just came back
+    assert not epoch.fresh
+    now[0] += 0.01
+    await epoch.sync()
+    assert epoch.fresh
+
+
+async def test_require_sync_wakes_the_poll_loop_at_once() -> None:
+    store = SlowStore()
+    epoch = CacheEpoch(store, interval=60)
+    await epoch.start()
+    try:
+        store.epoch = 11
+        epoch.require_sync()
+        for _ in range(40):
+            if epoch.fresh:
+                break
+            await asyncio.sleep(0.01)
+        assert epoch.fresh
+        assert epoch.current == 11
+    finally:
+        await epoch.stop()
+
+
+async def test_the_epoch_row_on_postgres_counts_up(pg_engine: AsyncEngine) -> None:
+    repository = CacheEpochRepository(pg_engine)
+    before = await repository.read()
+    assert await repository.bump() == before + 1
+    assert await repository.read() == before + 1
+
+
+def test_migration_0002_creates_seeds_and_drops_the_epoch_table(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    sync = sa.create_engine(url)
+    try:
+        migrate.upgrade(url, "0002")
+        with sync.connect() as conn:
+            assert conn.execute(sa.text("SELECT id, epoch FROM cache_epoch")).all() == [(1, 0)]
+        migrate.downgrade(url, "0001")
+        assert "cache_epoch" not in sa.inspect(sync).get_table_names()
+        assert "favorites" in sa.inspect(sync).get_table_names()
+    finally:
+        sync.dispose()
+
+
+@pytest.fixture
+def database_at_0001(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate.upgrade(url, "0001")
+    return url
+
+
+async def test_without_migration_0002_the_redis_caches_are_bypassed_not_broken(
+    database_at_0001: str, shared_redis: RedisClient,
+) -> None:
+    """Green deployed before its migration ran: the epoch cannot be read, so Redis is not used
+    (and every read and write still works from the database)."""
+    engine = create_engine(database_at_0001, PoolSettings(1, 5, 5000))
+    instance = redis_instance(engine, shared_redis, owns_client=False)
+    await instance.caches.start()
+    try:
+        assert instance.caches.gate is not None
+        assert not instance.caches.gate.epoch.fresh
+        user_id, product = uuid.uuid4(), await new_product(instance)
+        await add(instance, user_id, product)
+        assert await listed(instance, user_id) == {product}
+        assert await instance.favorites.count(user(user_id), user_id) == 1
+        assert (await instance.caches.readiness()).startswith("degraded")  # type: ignore[misc]
+        assert instance.lookups["favorites_page", "hit"] == 0
+    finally:
+        await instance.close()
+        await engine.dispose()
