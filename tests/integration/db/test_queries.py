@@ -1,0 +1,125 @@
+"""PostgreSQL: pool and statement timeout, and the keyset pagination plan (index scan, no sort)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from favorites.adapters.db import migrate
+from favorites.adapters.db.engine import PoolSettings, create_engine
+from favorites.adapters.db.repository import SqlFavoritesRepository
+from favorites.adapters.db.uow import SqlUnitOfWorkFactory
+from tests.conftest import drop_postgres, fresh_postgres_url
+from tests.integration.db.explain import PER_USER, describe, explain, nodes, populate
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def populated() -> Iterator[tuple[str, list[uuid.UUID]]]:
+    """A fresh database with 20,000 favorites over 400 users, analysed."""
+    name, url = fresh_postgres_url("favorites_explain")
+    try:
+        migrate.upgrade(url)
+        yield url, populate(url)
+    finally:
+        drop_postgres(name)
+
+
+@pytest.fixture(scope="module")
+async def engine(populated: tuple[str, list[uuid.UUID]]) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(populated[0], PoolSettings(1, 2, 5000))
+    yield engine
+    await engine.dispose()
+
+
+def assert_keyset_plan(plan: dict[str, Any], index_names: set[str]) -> None:
+    """Limit over an index (only) scan of the keyset index, and no Sort anywhere."""
+    kinds = describe(plan)
+    scans = [n for n in nodes(plan) if n["Node Type"] in ("Index Scan", "Index Only Scan")]
+    assert scans, kinds
+    assert all(scan["Index Name"] in index_names for scan in scans), kinds
+    assert not any("Sort" in kind for kind, _ in kinds), kinds  # neither Sort nor Incremental
+    assert plan["Node Type"] == "Limit", kinds
+
+
+async def first_page(engine: AsyncEngine, owner: uuid.UUID, limit: int) -> list[Any]:
+    async with engine.connect() as conn:
+        return await SqlFavoritesRepository(conn, "postgresql").page(owner, limit, None)
+
+
+async def test_first_page_walks_the_keyset_index_without_sorting(
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+) -> None:
+    owner = populated[1][123]
+    async with engine.connect() as conn:
+        # PER_USER + 1 is what the service asks for a first page (MAX_PAGE + 1)
+        plan = await explain(conn, lambda repo: repo.page(owner, PER_USER + 1, None))
+    assert_keyset_plan(plan, {"ix_favorites_user_created"})
+    print("first page plan:", describe(plan))
+
+
+async def test_cursor_page_walks_the_keyset_index_without_sorting(
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+) -> None:
+    owner = populated[1][7]
+    last = (await first_page(engine, owner, 10))[-1]
+    async with engine.connect() as conn:
+        plan = await explain(
+            conn, lambda repo: repo.page(owner, 21, (last.created_at, last.product_id))
+        )
+    assert_keyset_plan(plan, {"ix_favorites_user_created"})
+    scan = next(n for n in nodes(plan) if "Index" in n["Node Type"])
+    assert "created_at <=" in scan["Index Cond"]  # the cursor bound is in the index condition
+    print("cursor page plan:", describe(plan))
+
+
+async def test_pages_select_only_the_two_columns_they_return(
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+) -> None:
+    owner = populated[1][0]
+    async with engine.connect() as conn:
+        plan = await explain(conn, lambda repo: repo.page(owner, 10, None), verbose=True)
+    assert [column.rsplit(".", 1)[-1] for column in plan["Output"]] == ["product_id", "created_at"]
+
+
+async def test_statement_timeout_and_pool_default_to_5_s_and_at_most_50_kept(postgres_url: str) -> None:
+    engine = create_engine(postgres_url, PoolSettings())
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SHOW statement_timeout"))).scalar_one() == "5s"
+            name = (await conn.execute(sa.text("SHOW application_name"))).scalar_one()
+        assert name == "favorites"
+        assert engine.pool.size() == 50  # type: ignore[attr-defined]
+        assert engine.pool._max_overflow == 0  # type: ignore[attr-defined]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_statement_over_the_timeout_is_cancelled(postgres_url: str) -> None:
+    engine = create_engine(postgres_url, PoolSettings(1, 1, 200))
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(sa.exc.DBAPIError, match="statement timeout"):
+                await conn.execute(sa.text("SELECT pg_sleep(2)"))
+    finally:
+        await engine.dispose()
+
+
+async def test_warm_opens_the_pool_minimum_up_front(postgres_url: str) -> None:
+    factory = SqlUnitOfWorkFactory(create_engine(postgres_url, PoolSettings(3, 5, 5000)),
+                                   pool_minimum=3)
+    try:
+        assert factory.primary.pool.checkedin() == 0  # type: ignore[attr-defined]
+        await factory.warm()
+        assert factory.primary.pool.checkedin() == 3  # type: ignore[attr-defined]
+        async with factory(readonly=True) as work:
+            assert await work.favorites.count_for_user(uuid.uuid4()) == 0
+        assert factory.primary.pool.checkedin() == 3  # type: ignore[attr-defined]
+    finally:
+        await factory.dispose()
