@@ -45,7 +45,10 @@ def make_settings(database_url: str, tmp: Path, **overrides: Any) -> Settings:
         "jwt_secret": JWT_SECRET,
         "service_clients": service_clients(),
         "database_pool_min": 2,
-        "database_pool_max": 60,
+        "database_pool_max": 10,  # kept open per app: several apps share one PostgreSQL
+        # Functional tests share one client address and make hundreds of requests a minute;
+        # the limit itself is tested with explicit low limits (tests/security/test_rate_limit.py).
+        "rate_limit": "100000/minute",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

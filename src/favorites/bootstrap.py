@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,15 +11,37 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from favorites import embedded
-from favorites.adapters.cache.null import NullFavoritesCache
+from favorites.adapters.cache.redis_client import RedisClient, build_redis_client
+from favorites.adapters.cache.setup import Caches, build_caches, worker_count
+from favorites.adapters.catalog.breaker import BreakerState, CircuitBreaker
+from favorites.adapters.catalog.http import HttpCatalog
 from favorites.adapters.catalog.local import LocalCatalog
 from favorites.adapters.db.engine import PoolSettings, create_engine
+from favorites.adapters.db.recent_writers import (
+    InProcessRecentWriters,
+    RecentWriters,
+    RedisRecentWriters,
+)
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
+from favorites.adapters.ratelimit import (
+    ADDRESS,
+    SERVICE,
+    USER,
+    InProcessRateLimiter,
+    RateLimit,
+    RateLimiter,
+    RedisRateLimiter,
+    build_storage,
+)
 from favorites.adapters.tokens.jwt import JwtCodec
 from favorites.config import ServiceClient, Settings
 from favorites.domain.cursor import CursorCodec
+from favorites.observability.db import instrument_engine
+from favorites.observability.metrics import record_cache_request, set_circuit_breaker_state
+from favorites.observability.tracing import inject_headers
 from favorites.service_layer.clock import SystemClock
 from favorites.service_layer.favorites import FavoritesService
+from favorites.service_layer.ports import Catalog
 from favorites.service_layer.products import ProductsService
 from favorites.service_layer.revocation import RevocationList
 from favorites.service_layer.tokens import TokenService
@@ -39,13 +62,32 @@ class Container:
     tokens: TokenService
     users: UsersService
     service_clients: tuple[ServiceClient, ...]
+    rate_limiter: RateLimiter
     draining: bool = False
+    #: The unit-of-work factory: primary + replica engines (``database.replicas``) and routing.
+    database: SqlUnitOfWorkFactory | None = None
+    #: The product service client when FAVORITES_PRODUCT_SERVICE_URL is set (opened at start).
+    http_catalog: HttpCatalog | None = None
+    #: The favorites and product-existence caches (Redis, in-process or none) and their client.
+    caches: Caches | None = None
     #: Extra readiness checks (cache, product service): name -> "ok" or a reason. Not fatal.
     readiness_probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        if self.http_catalog is not None:
+            self.readiness_probes.setdefault("product_service", self.http_catalog.readiness)
+        if self.caches is not None and self.caches.readiness is not None:
+            self.readiness_probes.setdefault("cache", self.caches.readiness)
+
     async def start(self) -> None:
+        if self.database is not None:
+            await self.database.warm()  # the pools' minimum of connections, before traffic
         await self.revocations.start()
+        if self.caches is not None:
+            await self.caches.start()  # the cache epoch's poll loop; never blocks start-up
+        if self.http_catalog is not None:
+            await self.http_catalog.start()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run work past the response (product purge); kept referenced and awaited at close."""
@@ -57,7 +99,15 @@ class Container:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         await self.revocations.stop()
-        await self.engine.dispose()
+        if self.http_catalog is not None:
+            await self.http_catalog.aclose()
+        await self.rate_limiter.close()
+        if self.caches is not None:
+            await self.caches.close()  # after the tasks: a product purge invalidates caches
+        if self.database is not None:
+            await self.database.dispose()  # the primary's and every replica's pool
+        else:
+            await self.engine.dispose()
 
 
 def build_jwt(settings: Settings, defaults: embedded.EmbeddedDefaults) -> JwtCodec:
@@ -75,6 +125,21 @@ def build_jwt(settings: Settings, defaults: embedded.EmbeddedDefaults) -> JwtCod
                                **common)
 
 
+def build_rate_limiter(settings: Settings) -> RateLimiter:
+    """Shared through Redis when ``FAVORITES_REDIS_URL`` is set (in process while it fails)."""
+    rates = {
+        USER: RateLimit.parse(settings.rate_limit),
+        ADDRESS: RateLimit.parse(settings.rate_limit),  # before sign-in and failed sign-ins
+        SERVICE: RateLimit.parse(settings.service_rate_limit),
+    }
+    if settings.redis_url is None:
+        return InProcessRateLimiter(rates)
+    return RedisRateLimiter(
+        build_storage(settings.redis_url, settings.redis_cluster), rates,
+        on_state=functools.partial(set_circuit_breaker_state, "ratelimit_redis"),
+    )
+
+
 def root_secret(settings: Settings, defaults: embedded.EmbeddedDefaults) -> bytes:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
@@ -82,6 +147,30 @@ def root_secret(settings: Settings, defaults: embedded.EmbeddedDefaults) -> byte
         return defaults.jwt_secret
     assert settings.jwt_private_key_file is not None
     return settings.jwt_private_key_file.read_bytes()
+
+
+def build_database(settings: Settings, primary: AsyncEngine,
+                   redis: RedisClient | None = None) -> SqlUnitOfWorkFactory:
+    """Primary plus one engine per replica (same pool sizes and timeout). Replica engines ping
+    on checkout and connect with a short timeout, so a dead replica is skipped, not an error."""
+    pool = PoolSettings(settings.database_pool_min, settings.database_pool_max,
+                        settings.database_statement_timeout_ms)
+    replicas = [
+        create_engine(url, pool, application_name="favorites-replica", pre_ping=True,
+                      connect_timeout=2)
+        for url in settings.database_replica_urls
+    ]
+    # With Redis the marks are shared: a user's next read may land on another instance.
+    writers: RecentWriters = (
+        InProcessRecentWriters(settings.read_your_writes_seconds) if redis is None
+        else RedisRecentWriters(redis, settings.read_your_writes_seconds)
+    )
+    return SqlUnitOfWorkFactory(primary, replicas=replicas, recent_writers=writers,
+                                pool_minimum=settings.database_pool_min)
+
+
+def _product_service_state(_old: BreakerState, new: BreakerState) -> None:
+    set_circuit_breaker_state("product_service", new.value)
 
 
 def build(settings: Settings, defaults: embedded.EmbeddedDefaults | None = None) -> Container:
@@ -92,25 +181,56 @@ def build(settings: Settings, defaults: embedded.EmbeddedDefaults | None = None)
         PoolSettings(settings.database_pool_min, settings.database_pool_max,
                      settings.database_statement_timeout_ms),
     )
-    uow = SqlUnitOfWorkFactory(engine)
-    cache = NullFavoritesCache()
-    catalog = LocalCatalog(uow)
+    redis = (build_redis_client(settings.redis_url, cluster=settings.redis_cluster)
+             if settings.redis_url is not None else None)  # connects lazily, on first use
+    uow = build_database(settings, engine, redis)
+    instrument_engine(engine, "primary", settings.database_pool_max)
+    for replica in uow.replicas:
+        instrument_engine(replica, "replica", settings.database_pool_max)
+    caches = build_caches(
+        redis=redis, primary=engine, workers=worker_count(), on_lookup=record_cache_request,
+        on_breaker_state=functools.partial(set_circuit_breaker_state, "redis"),
+    )
+    cache = caches.favorites
+    catalog: Catalog
+    http_catalog: HttpCatalog | None = None
+    if settings.product_service_url is not None:
+        http_catalog = catalog = HttpCatalog(
+            settings.product_service_url,
+            connect_timeout=settings.product_service_connect_timeout,
+            read_timeout=settings.product_service_read_timeout,
+            breaker=CircuitBreaker("product_service", on_state_change=_product_service_state),
+            inject_headers=inject_headers,  # W3C traceparent on every product-service call
+        )
+        _product_service_state(BreakerState.CLOSED, BreakerState.CLOSED)
+    else:
+        catalog = LocalCatalog(uow.on_primary())  # a product registered just now must exist
+    # Existence cached ("exists" only): with the product service down, adds of products it
+    # remembers keep working.
+    catalog = caches.wrap_catalog(catalog)
     jwt_codec = build_jwt(settings, defaults)
     root = root_secret(settings, defaults)
-    revocations = RevocationList(uow, clock)
+    revocations = RevocationList(uow.on_primary(), clock)  # a lagging replica would fail open
+    rate_limiter = build_rate_limiter(settings)
     return Container(
         settings=settings,
         database_url=defaults.database_url,
         engine=engine,
+        database=uow,
         jwt=jwt_codec,
         revocations=revocations,
         favorites=FavoritesService(
             uow, catalog, cache, CursorCodec(embedded.derive_key(root, "cursor")), clock,
             settings.max_favorites_per_user,
         ),
-        products=ProductsService(uow, catalog, cache, clock),
+        products=ProductsService(uow, catalog, cache, clock,
+                                 catalog_is_local=http_catalog is None),
         tokens=TokenService(uow, jwt_codec, revocations, clock,
                             settings.refresh_token_ttl_seconds),
         users=UsersService(uow, cache, clock, embedded.derive_key(root, "audit-pseudonym")),
         service_clients=defaults.service_clients,
+        http_catalog=http_catalog,
+        caches=caches,
+        rate_limiter=rate_limiter,
+        readiness_probes={"rate_limiter": rate_limiter.readiness} if settings.redis_url else {},
     )

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     database_pool_min: int = Field(10, ge=1, le=500)
     database_pool_max: int = Field(50, ge=1, le=1000)
     database_statement_timeout_ms: int = Field(5000, ge=100, le=600_000)
+    #: After a committed write, that user's reads skip the replicas this long (read-your-writes);
+    #: keep it above the replica lag you alert on.
+    read_your_writes_seconds: float = Field(5.0, ge=0, le=300)
 
     redis_url: str | None = None
     redis_cluster: bool = False
@@ -114,6 +117,9 @@ class Settings(BaseSettings):
     service_clients: list[ServiceClient] | None = None
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = []
     rate_limit: str = "100/minute"
+    #: Per service client (identity, catalog): they act for many users, so 100/minute would cap
+    #: sign-ins for the whole shop; still limited, so a leaked key cannot flood the service.
+    service_rate_limit: str = "6000/minute"
     cors_origins: Annotated[list[str], NoDecode] = []
 
     product_service_url: str | None = None
@@ -183,7 +189,7 @@ class Settings(BaseSettings):
             value = value.rstrip("/")
         return value
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "service_rate_limit")
     @classmethod
     def _rate(cls, value: str) -> str:
         if not _RATE.match(value):
@@ -222,6 +228,14 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_POOL_MIN: must not exceed FAVORITES_DATABASE_POOL_MAX"
         )
+    if settings.database_replica_urls and (
+        settings.database_url is None or settings.database_url.startswith("sqlite")
+    ):
+        raise ConfigError(
+            f"{ENV_PREFIX}DATABASE_REPLICA_URLS: replicas need a postgresql:// FAVORITES_DATABASE_URL"
+        )
+    if settings.redis_cluster and (settings.redis_url or "").startswith("unix://"):
+        raise ConfigError(f"{ENV_PREFIX}REDIS_CLUSTER: a cluster needs redis:// or rediss:// hosts")
     if settings.jwt_algorithm != "HS256" and settings.jwt_private_key_file is None:
         raise ConfigError(
             f"{ENV_PREFIX}JWT_PRIVATE_KEY_FILE: required when FAVORITES_JWT_ALGORITHM="

@@ -174,3 +174,45 @@ async def test_database_down_is_503_and_not_ready(tmp_path: Path) -> None:
                                headers={"Authorization": f"Bearer {token(uuid.uuid4())}"})
         assert_problem(response, 503, "dependency-unavailable")
         assert response.headers["retry-after"]
+
+
+async def test_statement_timeout_is_503_not_500(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query cancelled by the 5 s (here 100 ms) statement timeout means the database is
+    overloaded: 503 with Retry-After, not a 500."""
+    import sqlalchemy as sa
+
+    from favorites.adapters.db.repository import SqlFavoritesRepository
+
+    async def slow(self: SqlFavoritesRepository, user_id: uuid.UUID) -> int:
+        await self._conn.execute(sa.text("SELECT pg_sleep(1)"))
+        return 0
+
+    monkeypatch.setattr(SqlFavoritesRepository, "count_for_user", slow)
+    app = create_app(make_settings(postgres_url, tmp_path, database_statement_timeout_ms=100))
+    async for c in started(app):
+        response = await c.get("/v1/users/me/favorites/count", headers=bearer(uuid.uuid4()))
+        assert_problem(response, 503, "dependency-unavailable")
+        assert response.headers["retry-after"]
+
+
+async def test_a_programming_error_in_sql_stays_a_500(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only "cannot serve now" errors become 503; a broken query is a bug and says so."""
+    import sqlalchemy as sa
+
+    from favorites.adapters.db.repository import SqlFavoritesRepository
+
+    async def broken(self: SqlFavoritesRepository, user_id: uuid.UUID) -> int:
+        await self._conn.execute(sa.text("SELECT no_such_column FROM favorites"))
+        return 0
+
+    monkeypatch.setattr(SqlFavoritesRepository, "count_for_user", broken)
+    app = create_app(make_settings(postgres_url, tmp_path))
+    async for c in started(app):
+        response = await c.get("/v1/users/me/favorites/count", headers=bearer(uuid.uuid4()))
+        body = assert_problem(response, 500, "internal-error")
+        assert "no_such_column" not in response.text
+        assert body["detail"].startswith("the request failed")

@@ -15,7 +15,8 @@ from favorites.adapters.db.engine import async_url
 from favorites.adapters.db.tables import metadata
 from tests.conftest import drop_postgres, fresh_postgres_url
 
-TABLES = {"favorites", "products", "refresh_tokens", "revoked_tokens", "audit_log"}
+TABLES = {"favorites", "products", "refresh_tokens", "revoked_tokens", "audit_log",
+          "cache_epoch"}
 
 
 async def _tables(url: str) -> set[str]:

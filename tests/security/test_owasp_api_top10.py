@@ -18,8 +18,8 @@ import httpx
 import jwt
 import pytest
 
+from favorites.adapters.db.repository import SqlFavoritesRepository
 from favorites.entrypoints.http.app import create_app
-from favorites.service_layer.favorites import FavoritesService
 from tests.conftest import JWT_SECRET, make_settings, started
 from tests.helpers import SERVICE, assert_problem, bearer, new_product, token
 from tests.security.conftest import Es256App, new_key
@@ -292,7 +292,7 @@ async def test_errors_never_leak_stack_traces_or_sql(
     async def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("SELECT secret FROM favorites WHERE password = 'hunter2'")
 
-    monkeypatch.setattr(FavoritesService, "count", explode)
+    monkeypatch.setattr(SqlFavoritesRepository, "count_for_user", explode)
     response = await client.get("/v1/users/me/favorites/count", headers=bearer(uuid.uuid4()))
     body = assert_problem(response, 500, "internal-error")
     text = response.text

@@ -85,6 +85,12 @@ class FavoritesLimitReached(FavoritesError):
     status, slug, title = 409, "favorites-limit-reached", "Favorites limit reached"
 
 
+class CatalogIsExternal(FavoritesError):
+    """Products are registered in the product service (FAVORITES_PRODUCT_SERVICE_URL), not here."""
+
+    status, slug, title = 409, "catalog-is-external", "Products are managed by the product service"
+
+
 class PayloadTooLarge(FavoritesError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
 

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 from favorites import embedded
@@ -33,12 +34,31 @@ def _uuid(value: str) -> UUID:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from favorites.observability import multiproc
 
+    if args.workers == 1 and multiproc.directory() is None:
+        return _serve(args)  # one process: plain in-memory metrics, cheaper per request
+    # First: prometheus-client fixes its multiprocess mode when imported (workers inherit this).
+    metrics_dir, own_metrics_dir = multiproc.claim()
+    try:
+        return _serve(args)
+    finally:
+        multiproc.release(metrics_dir, own_metrics_dir)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from favorites.adapters.db import migrate
     from favorites.adapters.db.engine import is_sqlite
+    from favorites.observability.exposition import start_admin_server
+    from favorites.observability.logs import uvicorn_log_config
+    from favorites.observability.tracing import ratio_from_env
 
     settings = _settings()
+    try:
+        ratio_from_env()
+    except ConfigError as exc:
+        print(f"favorites: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     defaults = embedded.resolve(settings)
     if is_sqlite(defaults.database_url):
         migrate.upgrade(defaults.database_url)
@@ -47,6 +67,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  X-API-Key: {defaults.new_local_key}")
     if settings.database_url is None or settings.env == "development":
         _print_demo(settings, defaults, args.host, args.port)
+    admin = None
+    if settings.is_production:  # /metrics of all workers, from this parent, on the admin port
+        try:
+            admin = start_admin_server(settings.metrics_port, args.host)
+        except OSError as exc:
+            print(f"favorites: FAVORITES_METRICS_PORT: cannot listen on {args.host}:"
+                  f"{settings.metrics_port}: {exc.strerror}", file=sys.stderr)
+            return 2
+    # Workers inherit it; with several, the app does not use an in-process cache (adapters/cache).
+    os.environ["WEB_CONCURRENCY"] = str(args.workers)
+    try:
+        _run_uvicorn(args, settings, uvicorn_log_config(settings.log_level))
+    finally:
+        if admin is not None:
+            admin[0].shutdown()
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace, settings: Settings, log_config: dict[str, Any]) -> None:
+    import uvicorn
+
     uvicorn.run(
         "favorites.entrypoints.http.app:create_app",
         factory=True,
@@ -57,11 +98,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http="httptools",
         access_log=False,
         log_level=settings.log_level.lower(),
+        log_config=log_config,  # uvicorn's own lines as the same JSON, in every worker
         timeout_graceful_shutdown=30,
         server_header=False,
         proxy_headers=False,
     )
-    return 0
 
 
 def _print_demo(settings: Settings, defaults: embedded.EmbeddedDefaults, host: str,
@@ -148,8 +189,30 @@ def cmd_products(args: argparse.Namespace) -> int:
     url = embedded.resolve(settings).database_url
     if is_sqlite(url):
         migrate.upgrade(url)
-    created = asyncio.run(_register(ids))
+    from favorites.domain.errors import CatalogIsExternal
+
+    try:
+        created = asyncio.run(_register(ids))
+    except CatalogIsExternal as exc:
+        raise SystemExit(f"favorites: {exc.detail}") from None
     print(f"{len(ids)} products registered ({created} new)")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from favorites.adapters.db.partition import PartitionError, partition_favorites
+
+    url = embedded.resolve(_settings()).database_url
+    try:
+        result = asyncio.run(partition_favorites(url, args.partitions, keep_old=args.keep_old))
+    except PartitionError as exc:
+        print(f"favorites partition: {exc}", file=sys.stderr)
+        return 1
+    if result.already_partitioned:
+        print(f"favorites is already hash-partitioned into {result.partitions}; nothing to do")
+    else:
+        print(f"favorites hash-partitioned by user_id into {result.partitions} partitions "
+              f"({result.rows} rows copied in {result.seconds:.1f} s)")
     return 0
 
 
@@ -182,6 +245,15 @@ def parser() -> argparse.ArgumentParser:
     imp = psub.add_parser("import", help="register products from a file, one UUID a line")
     imp.add_argument("file", help="path, or - for standard input")
     products.set_defaults(func=cmd_products)
+
+    part = sub.add_parser(
+        "partition", help="turn favorites into a table hash-partitioned by user_id (PostgreSQL)"
+    )
+    part.add_argument("--partitions", type=int, required=True, metavar="N",
+                      help="number of hash partitions (2-1024)")
+    part.add_argument("--keep-old", action="store_true",
+                      help="keep the old table as favorites_unpartitioned instead of dropping it")
+    part.set_defaults(func=cmd_partition)
     return root
 
 

@@ -10,6 +10,7 @@ from favorites.domain.cursor import CursorCodec
 from favorites.domain.errors import FavoriteNotFound, FavoritesLimitReached, ProductNotFound
 from favorites.domain.models import AuditAction, AuditEntry, Favorite, Page, Principal
 from favorites.service_layer.ports import Catalog, Clock, FavoritesCache, UnitOfWorkFactory
+from favorites.service_layer.singleflight import SingleFlight
 
 MAX_PAGE = 50
 MAX_CONTAINS = 100
@@ -31,6 +32,11 @@ class FavoritesService:
         self._cursors = cursors
         self._clock = clock
         self._max_per_user = max_per_user
+        # Concurrent cache misses of one user's first page / count share one database load.
+        # Keyed by the cache's version token: a read that starts after a write's invalidation
+        # never joins a load that started before it.
+        self._page_loads: SingleFlight[tuple[UUID, int], list[Favorite]] = SingleFlight()
+        self._count_loads: SingleFlight[tuple[UUID, int], int] = SingleFlight()
 
     async def add(
         self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None
@@ -40,7 +46,8 @@ class FavoritesService:
         if product_id not in await self._catalog.existing([product_id]):
             raise ProductNotFound(f"product {product_id} does not exist")
         now = self._clock.now()
-        async with self._uow() as uow:
+        # user_id marks this user as a recent writer: their next reads see this write.
+        async with self._uow(user_id=user_id) as uow:
             await uow.favorites.lock_user(user_id)
             candidate = Favorite(user_id, product_id, now)
             if not await uow.favorites.insert(candidate):
@@ -68,7 +75,7 @@ class FavoritesService:
     ) -> bool:
         """Idempotent: True when a favorite was removed, False when there was none."""
         access.ensure_can_write(principal, user_id)
-        async with self._uow() as uow:
+        async with self._uow(user_id=user_id) as uow:
             removed = await uow.favorites.delete(user_id, product_id)
             if removed:
                 await uow.audit.record(
@@ -97,13 +104,14 @@ class FavoritesService:
         if after is None:
             items = await self._cache.get_first_page(user_id, limit + 1)
         if items is None:
-            version = await self._cache.version(user_id) if after is None else 0
-            async with self._uow(readonly=True, user_id=user_id) as uow:
-                items = await uow.favorites.page(
-                    user_id, MAX_PAGE + 1 if after is None else limit + 1, after
-                )
             if after is None:
-                await self._cache.set_first_page(user_id, items, version)
+                version = await self._cache.version(user_id)
+                items = await self._page_loads.run(
+                    (user_id, version), lambda: self._load_first_page(user_id, version)
+                )
+            else:
+                async with self._uow(readonly=True, user_id=user_id) as uow:
+                    items = await uow.favorites.page(user_id, limit + 1, after)
             items = items[: limit + 1]
         if len(items) > limit:
             last = items[limit - 1]
@@ -133,6 +141,19 @@ class FavoritesService:
         if cached is not None:
             return cached
         version = await self._cache.version(user_id)
+        return await self._count_loads.run(
+            (user_id, version), lambda: self._load_count(user_id, version)
+        )
+
+    async def _load_first_page(self, user_id: UUID, version: int) -> list[Favorite]:
+        """The full first page (the cache serves any ``limit`` from it), stored under ``version``
+        (taken before the load, so a write committed meanwhile makes the store a no-op)."""
+        async with self._uow(readonly=True, user_id=user_id) as uow:
+            items = await uow.favorites.page(user_id, MAX_PAGE + 1, None)
+        await self._cache.set_first_page(user_id, items, version)
+        return items
+
+    async def _load_count(self, user_id: UUID, version: int) -> int:
         async with self._uow(readonly=True, user_id=user_id) as uow:
             count = await uow.favorites.count_for_user(user_id)
         await self._cache.set_count(user_id, count, version)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from favorites.domain import access
+from favorites.domain.errors import CatalogIsExternal
 from favorites.domain.models import AuditAction, AuditEntry, Principal
 from favorites.service_layer.ports import Catalog, Clock, FavoritesCache, UnitOfWorkFactory
 
@@ -15,17 +16,22 @@ DELETE_BATCH = 1000
 
 class ProductsService:
     def __init__(
-        self, uow: UnitOfWorkFactory, catalog: Catalog, cache: FavoritesCache, clock: Clock
+        self, uow: UnitOfWorkFactory, catalog: Catalog, cache: FavoritesCache, clock: Clock,
+        *, catalog_is_local: bool = True,
     ):
+        """``catalog_is_local=False`` when an external product service is the catalog: products
+        are then registered there, not here; deletions are still accepted (see ``delete``)."""
         self._uow = uow
         self._catalog = catalog
         self._cache = cache
         self._clock = clock
+        self._catalog_is_local = catalog_is_local
 
     async def register(self, principal: Principal | None, product_id: UUID) -> bool:
         """True when the product is new (or deleted before and now back)."""
         if principal is not None:
             access.ensure_scope(principal, "products:write")
+        self._ensure_local_catalog()
         async with self._uow() as uow:
             created = await uow.products.upsert(product_id)
             await uow.commit()
@@ -34,6 +40,7 @@ class ProductsService:
 
     async def register_many(self, product_ids: list[UUID]) -> int:
         """For the CLI import: one transaction per call, returns how many were new."""
+        self._ensure_local_catalog()
         created = 0
         async with self._uow() as uow:
             for product_id in product_ids:
@@ -46,7 +53,9 @@ class ProductsService:
     ) -> None:
         """Mark deleted and forget it everywhere; ``purge_favorites`` then runs in the background.
 
-        Marking first means no new favorite of it can be added while the purge runs.
+        Marking first means no new favorite of it can be added while the purge runs. With an
+        external product service this is how it tells us a product is gone: the local mark is
+        unused, but the cached existence is forgotten and the favorites are purged all the same.
         """
         access.ensure_scope(principal, "products:write")
         now = self._clock.now()
@@ -59,6 +68,12 @@ class ProductsService:
             )
             await uow.commit()
         await self._catalog.forget(product_id)
+
+    def _ensure_local_catalog(self) -> None:
+        if not self._catalog_is_local:
+            raise CatalogIsExternal(
+                "products are registered in the product service (FAVORITES_PRODUCT_SERVICE_URL)"
+            )
 
     async def purge_favorites(self, product_id: UUID) -> int:
         removed_total = 0

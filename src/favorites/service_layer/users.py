@@ -31,7 +31,8 @@ class UsersService:
         """Idempotent: a second call deletes nothing and records another ``user.erased``."""
         access.ensure_scope(principal, "users:erase")
         pseudonym = self.pseudonym(user_id)
-        async with self._uow() as uow:
+        # user_id: the user's next reads go to the primary, not a replica still showing the data.
+        async with self._uow(user_id=user_id) as uow:
             deleted = await uow.favorites.delete_all_for_user(user_id)
             await uow.refresh_tokens.delete_for_user(user_id)
             await uow.audit.pseudonymise_user(str(user_id), pseudonym)

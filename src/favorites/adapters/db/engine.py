@@ -33,7 +33,16 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, pool: PoolSettings, *, application_name: str = "favorites") -> AsyncEngine:
+def create_engine(
+    url: str,
+    pool: PoolSettings,
+    *,
+    application_name: str = "favorites",
+    pre_ping: bool = False,
+    connect_timeout: float = 5,
+) -> AsyncEngine:
+    """``pre_ping`` and a short ``connect_timeout`` are for replicas: a dead one must fail at
+    checkout (where the unit of work falls back to the primary), not in the middle of a read."""
     target = async_url(url)
     if is_sqlite(url):
         database = make_url(target).database
@@ -50,14 +59,17 @@ def create_engine(url: str, pool: PoolSettings, *, application_name: str = "favo
             "statement_timeout": str(pool.statement_timeout_ms),
             "application_name": application_name,
         },
-        "timeout": 5,
+        "timeout": connect_timeout,
         "command_timeout": pool.statement_timeout_ms / 1000 + 1,
     }
+    # A fixed pool of up to ``maximum`` connections that are kept once opened: SQLAlchemy's
+    # overflow connections are closed on return, which under load means a new connection (and
+    # a PostgreSQL backend) per burst. ``minimum`` are opened up front by the factory's warm().
     return create_async_engine(
         target,
-        pool_size=pool.minimum,
-        max_overflow=max(0, pool.maximum - pool.minimum),
-        pool_pre_ping=False,
+        pool_size=pool.maximum,
+        max_overflow=0,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         pool_timeout=5,
         connect_args=connect_args,

@@ -40,7 +40,10 @@ class _Repo:
 class SqlFavoritesRepository(_Repo):
     async def lock_user(self, user_id: UUID) -> None:
         if self._pg:  # SQLite writers are already serialised by BEGIN IMMEDIATE
-            key = int.from_bytes(user_id.bytes[:8], "big", signed=True)
+            # Both halves folded: time-ordered ids (UUIDv7) share their first bytes.
+            raw = user_id.bytes
+            key = int.from_bytes(bytes(a ^ b for a, b in zip(raw[:8], raw[8:], strict=True)),
+                                 "big", signed=True)
             await self._conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
 
     async def insert(self, favorite: Favorite) -> bool:

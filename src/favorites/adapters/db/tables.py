@@ -65,3 +65,11 @@ audit_log = sa.Table(
     sa.Column("request_id", sa.String(128), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
 )
+
+#: One row (id 1): the cache epoch, see ``favorites.adapters.cache.epoch`` (migration 0002).
+cache_epoch = sa.Table(
+    "cache_epoch",
+    metadata,
+    sa.Column("id", sa.Integer(), autoincrement=False, primary_key=True),
+    sa.Column("epoch", sa.BigInteger(), nullable=False),
+)

@@ -1,13 +1,22 @@
-"""Unit of work over one pooled connection: commit on ``commit()``, roll back otherwise."""
+"""Unit of work over one pooled connection: commit on ``commit()``, roll back otherwise.
+
+The factory is where replica routing happens (see ``replicas``): read-only units of work may be
+served by a replica, writes and the reads of a user who just wrote go to the primary.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from favorites.adapters.db.recent_writers import InProcessRecentWriters, RecentWriters
+from favorites.adapters.db.replicas import ReadRouter, ReplicaSet
 from favorites.adapters.db.repository import (
     SqlAuditRepository,
     SqlFavoritesRepository,
@@ -15,6 +24,8 @@ from favorites.adapters.db.repository import (
     SqlRefreshTokenRepository,
     SqlRevokedTokenRepository,
 )
+
+log = logging.getLogger("favorites.db")
 
 
 class SqlUnitOfWork:
@@ -24,15 +35,27 @@ class SqlUnitOfWork:
     refresh_tokens: SqlRefreshTokenRepository
     revoked_tokens: SqlRevokedTokenRepository
 
-    def __init__(self, engine: AsyncEngine, *, readonly: bool):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        readonly: bool,
+        user_id: UUID | None = None,
+        router: ReadRouter | None = None,
+    ):
         self._engine = engine
         self._readonly = readonly
+        self._user_id = user_id
+        self._router = router
         self._conn: AsyncConnection | None = None
         self._committed = False
 
     async def __aenter__(self) -> Self:
-        conn = await self._engine.connect()
-        dialect = self._engine.dialect.name
+        if self._router is None:
+            conn = await self._engine.connect()
+        else:
+            conn = await self._router.connect(readonly=self._readonly, user_id=self._user_id)
+        dialect = conn.dialect.name
         if dialect == "postgresql" and self._readonly:
             # One round trip per read instead of BEGIN / query / ROLLBACK.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -65,14 +88,99 @@ class SqlUnitOfWork:
                 await conn.rollback()
         finally:
             await conn.close()
+        # After the connection is back in the pool, before the caller answers: the user's
+        # next reads skip the replicas for a while (read-your-writes).
+        if (self._committed and not self._readonly and self._router is not None
+                and self._user_id is not None):
+            await self._router.wrote(self._user_id)
 
 
 class SqlUnitOfWorkFactory:
-    """Picks the engine per call; replicas and read-your-writes routing plug in here."""
+    """Builds units of work and decides which server each one talks to.
 
-    def __init__(self, primary: AsyncEngine):
+    Without replicas everything uses ``primary`` and no writer is tracked. With replicas,
+    ``factory(readonly=True, user_id=u)`` goes to a replica unless ``u`` committed a write through
+    ``factory(user_id=u)`` within the read-your-writes window.
+    """
+
+    def __init__(
+        self,
+        primary: AsyncEngine,
+        *,
+        replicas: Sequence[AsyncEngine] | ReplicaSet = (),
+        recent_writers: RecentWriters | None = None,
+        replica_retry_seconds: float = 10.0,
+        pool_minimum: int = 10,
+        _router: ReadRouter | None = None,
+    ):
         self.primary = primary
+        self.pool_minimum = pool_minimum
+        if _router is None:
+            if not isinstance(replicas, ReplicaSet):
+                replicas = ReplicaSet(replicas, retry_after=replica_retry_seconds)
+            if recent_writers is None:
+                recent_writers = InProcessRecentWriters(5.0)
+            _router = ReadRouter(primary, replicas, recent_writers)
+        self._router = _router
+
+    @property
+    def replicas(self) -> tuple[AsyncEngine, ...]:
+        """Every replica engine (healthy or not), e.g. for pool metrics."""
+        return self._router.replicas.engines
+
+    @property
+    def replica_set(self) -> ReplicaSet:
+        return self._router.replicas
+
+    @property
+    def recent_writers(self) -> RecentWriters:
+        return self._router.writers
 
     def __call__(self, *, readonly: bool = False, user_id: UUID | None = None) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.primary, readonly=readonly)
+        return SqlUnitOfWork(self.primary, readonly=readonly, user_id=user_id, router=self._router)
 
+    def on_primary(self) -> SqlUnitOfWorkFactory:
+        """A factory whose reads always go to the primary (writes are still recorded).
+
+        For reads that must not lag: the revocation list (a missed revocation would fail open)
+        and product existence checked while adding a favorite.
+        """
+        return SqlUnitOfWorkFactory(self.primary, pool_minimum=self.pool_minimum,
+                                    _router=_PinnedRouter(self._router))
+
+    async def warm(self) -> None:
+        """Open each PostgreSQL pool's minimum of connections now rather than on first requests.
+
+        Best effort: a server that is down is logged and left to the readiness probe.
+        """
+        for engine in (self.primary, *self.replicas):
+            if engine.dialect.name != "postgresql":
+                continue
+            size = min(self.pool_minimum, getattr(engine.pool, "size", lambda: 0)())
+            results = await asyncio.gather(
+                *(engine.connect() for _ in range(size)), return_exceptions=True
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            for result in results:
+                if isinstance(result, AsyncConnection):
+                    await result.close()  # back to the pool, which keeps it
+            if failed:
+                log.warning("could not pre-open %d connection(s) to %s: %s", len(failed),
+                            engine.url.render_as_string(hide_password=True),
+                            type(failed[0]).__name__)
+
+    async def dispose(self) -> None:
+        """Close the pools of the primary and every replica, and the writers' Redis client."""
+        for engine in (self.primary, *self.replicas):
+            await engine.dispose()
+        await self._router.writers.aclose()
+
+
+class _PinnedRouter(ReadRouter):
+    """Same replicas and writers (so writes are still recorded), but every read on the primary."""
+
+    def __init__(self, router: ReadRouter):
+        super().__init__(router.primary, router.replicas, router.writers)
+
+    async def connect(self, *, readonly: bool, user_id: UUID | None) -> AsyncConnection:
+        return await self.primary.connect()

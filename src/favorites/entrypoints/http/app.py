@@ -29,6 +29,8 @@ from favorites.entrypoints.http.auth import ServiceClients
 from favorites.entrypoints.http.middleware import EdgeMiddleware
 from favorites.entrypoints.http.responses import problem
 from favorites.entrypoints.http.schemas import Problem
+from favorites.observability.middleware import ObservabilityMiddleware
+from favorites.observability.setup import setup as setup_observability
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "content": {"application/problem+json": {}}}
@@ -83,10 +85,34 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     return problem(error, instance=request.url.path, request_id=_request_id(request))
 
 
+#: SQLSTATE classes that mean "the database cannot serve us right now", not "our bug":
+#: 08 connection exception, 53 insufficient resources (too many connections, disk full),
+#: 57 operator intervention (statement timeout 57014, shutdown, starting up), 40001/40P01.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, sa_exc.TimeoutError | ConnectionError | TimeoutError | OSError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            return True
+        state = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", "") or "")
+        if state:
+            return state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or state in _RETRYABLE_SQLSTATES
+        return isinstance(exc, sa_exc.OperationalError)  # SQLite: locked, I/O error
+    return False
+
+
 async def _on_dependency_down(request: Request, exc: Exception) -> Response:
-    """A database that cannot be reached is a 503 with Retry-After, not a bug (500)."""
-    return problem(DependencyUnavailable("the database is unavailable"),
-                   instance=request.url.path, request_id=_request_id(request))
+    """A database that cannot answer now is a 503 with Retry-After; anything else is a bug (500)."""
+    if not _database_unavailable(exc):
+        raise exc
+    detail = ("the database connection pool is exhausted" if isinstance(exc, sa_exc.TimeoutError)
+              else "the database is unavailable")
+    return problem(DependencyUnavailable(detail), instance=request.url.path,
+                   request_id=_request_id(request))
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
@@ -101,15 +127,19 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app from Settings (read from the environment when not given)."""
     settings = settings or load_settings()
+    observability = setup_observability(settings)  # JSON logs and tracing before anything logs
     container = bootstrap.build(settings)
+    observability.instrument_services(container)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await observability.start()
         await container.start()
         try:
             yield
         finally:
             await container.close()
+            await observability.stop()
 
     docs = not settings.is_production
     app = FastAPI(
@@ -127,12 +157,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                settings.trusted_proxies)
     for router in ROUTERS:
         app.include_router(router)
+    if not settings.is_production:  # production serves it on the admin port (favorites serve)
+        app.add_route("/metrics", observability.metrics_endpoint, include_in_schema=False)
     app.state.method_table = _method_table()
     app.add_exception_handler(FavoritesError, _on_domain_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    for dependency_error in (sa_exc.OperationalError, sa_exc.InterfaceError,
-                             sa_exc.TimeoutError, ConnectionError, TimeoutError):
+    for dependency_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError,
+                             TimeoutError):
         app.add_exception_handler(dependency_error, _on_dependency_down)
     if settings.cors_origins:
         app.add_middleware(
@@ -144,5 +176,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             "RateLimit-Reset", "Retry-After"],
             max_age=600,
         )
+    app.add_middleware(ObservabilityMiddleware)  # just inside the edge: the request id is known
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, docs=docs)
     return app

@@ -12,19 +12,34 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from favorites.adapters.ratelimit import ADDRESS, SERVICE, USER, Scope
 from favorites.bootstrap import Container
 from favorites.config import IPNetwork, ServiceClient
-from favorites.domain.errors import AddressNotAllowed, InvalidApiKey, InvalidToken, MalformedRequest
+from favorites.domain.errors import (
+    AddressNotAllowed,
+    FavoritesError,
+    InvalidApiKey,
+    InvalidToken,
+    MalformedRequest,
+    RateLimited,
+)
 from favorites.domain.models import Principal, PrincipalKind
+from favorites.entrypoints.http.middleware import RATE_LIMIT_HEADERS
+from favorites.observability.metrics import record_rate_limited
 
 _CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "key", "access_token", "token", "x-api-key"})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def container(request: Request) -> Container:
-    app_container: Container = request.app.state.container
-    return app_container
+def app_container(request: Request) -> Container:
+    found: Container = request.app.state.container
+    return found
+
+
+async def container(request: Request) -> Container:
+    """The dependency form; async on purpose: FastAPI runs a plain ``def`` in a worker thread."""
+    return app_container(request)
 
 
 def refuse_credentials_in_query(request: Request) -> None:
@@ -33,7 +48,22 @@ def refuse_credentials_in_query(request: Request) -> None:
         raise MalformedRequest("credentials are not accepted in the query string")
 
 
-def authenticate_user(request: Request) -> Principal:
+async def authenticate_user(request: Request) -> Principal:
+    """The bearer token's user, counted against that user's rate limit.
+
+    A request that fails authentication is counted against its client address instead, so
+    guessing tokens is limited too: once the address is over its limit, 429 replaces the 401.
+    """
+    try:
+        principal = verify_user(request)
+    except FavoritesError:
+        await limit_address(request)
+        raise
+    await _count(request, USER, principal.subject)
+    return principal
+
+
+def verify_user(request: Request) -> Principal:
     refuse_credentials_in_query(request)
     header = request.headers.get("authorization")
     if not header:
@@ -41,7 +71,7 @@ def authenticate_user(request: Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise InvalidToken("expected 'Authorization: Bearer <token>'")
-    app = container(request)
+    app = app_container(request)
     principal = app.jwt.verify(token.strip())
     assert principal.token_id is not None
     if app.revocations.is_revoked(principal.token_id):
@@ -89,14 +119,57 @@ class ServiceClients:
                          scopes=frozenset(client.scopes))
 
 
-def authenticate_service(request: Request) -> Principal:
-    refuse_credentials_in_query(request)
+def client_address(request: Request) -> IPAddress | None:
+    """The caller's address: the socket peer, or XFF's nearest untrusted hop behind our proxies."""
     clients: ServiceClients = request.app.state.service_clients
     peer = request.client.host if request.client else None
-    address = clients.client_address(peer, request.headers.get("x-forwarded-for"))
-    return clients.authenticate(request.headers.get("x-api-key"), address)
+    return clients.client_address(peer, request.headers.get("x-forwarded-for"))
+
+
+async def authenticate_service(request: Request) -> Principal:
+    """The service client, counted per client name (failures count against the address)."""
+    try:
+        refuse_credentials_in_query(request)
+        clients: ServiceClients = request.app.state.service_clients
+        principal = clients.authenticate(request.headers.get("x-api-key"), client_address(request))
+    except FavoritesError:
+        await limit_address(request)
+        raise
+    await _count(request, SERVICE, principal.subject.removeprefix("service:"))
+    return principal
+
+
+async def limit_address(request: Request) -> None:
+    """Counts a request without (valid) credentials against its client address.
+
+    IPv6 callers are counted per /64, the block one subscriber usually holds, so rotating
+    addresses inside it does not reset the limit.
+    """
+    address = client_address(request)
+    if address is None:
+        key = "unknown"
+    elif address.version == 6:
+        key = str(ipaddress.IPv6Network((address, 64), strict=False))
+    else:
+        key = str(address)
+    await _count(request, ADDRESS, key)
+
+
+async def _count(request: Request, scope: Scope, identity: str) -> None:
+    """One hit per request; leaves the RateLimit-* headers for EdgeMiddleware; 429 when over."""
+    state = request.scope.setdefault("state", {})
+    if RATE_LIMIT_HEADERS in state:
+        return  # already counted (a route with two limited dependencies)
+    decision = await app_container(request).rate_limiter.hit(scope, identity)
+    state[RATE_LIMIT_HEADERS] = decision.headers
+    if not decision.allowed:
+        record_rate_limited(scope)
+        raise RateLimited(decision.reset_after,
+                          f"more than {decision.limit} requests; retry in {decision.reset_after} s")
 
 
 CurrentUser = Annotated[Principal, Depends(authenticate_user)]
+#: For routes open to anyone (token refresh, JWKS): ``dependencies=[LimitedByAddress]``.
+LimitedByAddress = Depends(limit_address)
 ServiceCaller = Annotated[Principal, Depends(authenticate_service)]
 AppContainer = Annotated[Container, Depends(container)]

@@ -44,6 +44,9 @@ _DOCS_CSP = (
     b"https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'",
 )
 _DOCS_PATHS = frozenset({"/docs", "/redoc"})
+#: ``scope["state"]`` key under which authentication leaves the encoded ``RateLimit-*`` headers
+#: once the limiter has counted the request; appended to whatever response follows, errors too.
+RATE_LIMIT_HEADERS = "rate_limit_headers"
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -71,7 +74,8 @@ class EdgeMiddleware:
             request_id = incoming.decode("ascii")
         else:
             request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         token = request_id_var.set(request_id)
         extra = self._docs_headers if self.docs and scope["path"] in _DOCS_PATHS else self._headers
         rid_header = (b"x-request-id", request_id.encode("ascii"))
@@ -81,7 +85,8 @@ class EdgeMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = [*message.get("headers", ()), *extra, rid_header]
+                headers = [*message.get("headers", ()), *extra, rid_header,
+                           *state.get(RATE_LIMIT_HEADERS, ())]
                 # Responses are private by default; a handler may opt in to caching (JWKS).
                 if not any(name.lower() == b"cache-control" for name, _ in headers):
                     headers.append(_NO_STORE)

@@ -13,10 +13,13 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class JSONResponse(Response):
+    """orjson renders UUIDs and UTC datetimes (``...Z``) natively, in C: no per-item str()."""
+
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        # default=str: asyncpg hands back its own UUID subclass, which orjson does not know.
+        return orjson.dumps(content, default=str, option=orjson.OPT_UTC_Z)
 
 
 def problem_body(

@@ -71,13 +71,11 @@ class Problem(BaseModel):
     request_id: str
 
 
-def timestamp(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+def favorite_item(favorite: Favorite) -> dict[str, object]:
+    """Rendered by JSONResponse (orjson): ids as canonical UUIDs, times as UTC ``...Z``."""
+    return {"product_id": favorite.product_id, "created_at": favorite.created_at}
 
 
-def favorite_item(favorite: Favorite) -> dict[str, str]:
-    return {"product_id": str(favorite.product_id), "created_at": timestamp(favorite.created_at)}
-
-
-def favorite_read(favorite: Favorite) -> dict[str, str]:
-    return {"user_id": str(favorite.user_id), **favorite_item(favorite)}
+def favorite_read(favorite: Favorite) -> dict[str, object]:
+    return {"user_id": favorite.user_id, "product_id": favorite.product_id,
+            "created_at": favorite.created_at}

@@ -5,7 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from favorites.domain.ids import parse_uuid
-from favorites.entrypoints.http.auth import AppContainer, CurrentUser, ServiceCaller
+from favorites.entrypoints.http.auth import (
+    AppContainer,
+    CurrentUser,
+    LimitedByAddress,
+    ServiceCaller,
+)
 from favorites.entrypoints.http.body import read_json
 from favorites.entrypoints.http.responses import JSONResponse
 from favorites.entrypoints.http.schemas import RefreshRequest, TokenPairRead, TokenRequest
@@ -27,7 +32,7 @@ async def issue_tokens(request: Request, client: ServiceCaller, app: AppContaine
     return JSONResponse(pair.as_json(), status_code=201)
 
 
-@router.post("/v1/auth/refresh", response_model=TokenPairRead,
+@router.post("/v1/auth/refresh", response_model=TokenPairRead, dependencies=[LimitedByAddress],
              openapi_extra=_with_schema(RefreshRequest),
              summary="Trade a refresh token for a new pair (the old one is spent)")
 async def refresh_tokens(request: Request, app: AppContainer) -> Response:
@@ -44,6 +49,7 @@ async def logout(request: Request, principal: CurrentUser, app: AppContainer) ->
     return Response(status_code=204)
 
 
-@router.get("/.well-known/jwks.json", summary="Public signing keys (ES256/RS256)")
+@router.get("/.well-known/jwks.json", summary="Public signing keys (ES256/RS256)",
+            dependencies=[LimitedByAddress])
 async def jwks(app: AppContainer) -> Response:
     return JSONResponse(app.jwt.jwks(), headers={"Cache-Control": "public, max-age=300"})

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+
+from favorites.adapters.tokens.jwt import JwtCodec
+from favorites.domain.errors import InvalidToken
+
+SECRET = b"unit-secret-" + b"q" * 30
+
+
+def codec(ttl: int = 3600, leeway: int = 0) -> JwtCodec:
+    return JwtCodec(algorithm="HS256", issuer="favorites-service", audience="favorites",
+                    ttl_seconds=ttl, leeway_seconds=leeway, secret=SECRET)
+
+
+def test_minted_tokens_verify_and_carry_the_claims() -> None:
+    c = codec()
+    user = uuid.uuid4()
+    token, ttl = c.mint(user, ("admin",))
+    principal = c.verify(token)
+    assert ttl == 3600
+    assert principal.user_id == user
+    assert principal.is_admin
+    assert principal.token_id is not None
+    assert jwt.get_unverified_header(token)["kid"].startswith("hs-")
+
+
+def test_a_remembered_token_still_expires() -> None:
+    """The verified-token memory must not outlive the token's exp."""
+    c = codec()
+    user = uuid.uuid4()
+    now = int(time.time())
+    kid = jwt.get_unverified_header(c.mint(user, ("user",))[0])["kid"]
+    short = jwt.encode({"iss": "favorites-service", "aud": "favorites", "sub": str(user),
+                        "roles": ["user"], "iat": now, "exp": now + 1, "jti": "j1",
+                        "typ": "access"}, SECRET, algorithm="HS256", headers={"kid": kid})
+    assert c.verify(short).user_id == user  # verified and remembered
+    time.sleep(1.1)
+    with pytest.raises(InvalidToken):
+        c.verify(short)
+
+
+def test_a_bad_token_is_never_remembered_as_good() -> None:
+    c = codec()
+    token, _ = c.mint(uuid.uuid4(), ("user",))
+    forged = token[:-3] + ("aaa" if token[-3:] != "aaa" else "bbb")
+    for _ in range(2):
+        with pytest.raises(InvalidToken):
+            c.verify(forged)
