@@ -24,9 +24,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=18150)
     parser.add_argument("--log-level", default="INFO",
                         help="FAVORITES_LOG_LEVEL of the server with observability (INFO)")
+    parser.add_argument("--otlp", action="store_true",
+                        help="export spans over OTLP/HTTP to a local sink that answers 200")
     parser.add_argument("--serve-without", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_without:
@@ -148,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
            "FAVORITES_RATE_LIMIT": "100000000/minute", "FAVORITES_LOG_LEVEL": args.log_level}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["PYTHONPATH"] = str(ROOT)
+    otlp = None
+    if args.otlp:
+        otlp = _otlp_sink(args.port + 2)
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{args.port + 2}/v1/traces"
     user = uuid.uuid4()
     try:
         subprocess.run([FAVORITES, "migrate"], cwd=ROOT, env=env, check=True,
@@ -186,7 +194,34 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(f'{r:.3f}' for r in ratios)}")
     finally:
         shutil.rmtree(data, ignore_errors=True)
+        if otlp is not None:
+            print(f"OTLP sink received {otlp.requests} export requests", flush=True)
+            otlp.shutdown()
     return 0
+
+
+class _Sink(ThreadingHTTPServer):
+    requests = 0
+
+
+def _otlp_sink(port: int) -> _Sink:
+    """Accepts OTLP/HTTP exports and throws them away (what a collector costs is not ours)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            server.requests += 1
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = _Sink(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 if __name__ == "__main__":

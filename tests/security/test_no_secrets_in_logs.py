@@ -1,7 +1,7 @@
 """A whole scenario against the real served process, then grep its logs for every secret used.
 
 Anchors: ASVS 7.1.1 (no credentials in logs), OWASP API8:2023; the redaction step lives in
-src/favorites/observability/logging.py.
+src/favorites/observability/logs.py and redaction.py.
 """
 
 from __future__ import annotations

@@ -9,12 +9,13 @@ Every line is one JSON object whose first keys are always, in this order::
 adds ``stackTrace``; lines from other libraries through ``logging`` may add their own extra fields
 (and ``logger``). Levels are the seed's: DEBUG, INFO, WARN, ERROR, CRITICAL.
 
-structlog renders our own lines (the request and business-operation lines) directly; the standard
-library (uvicorn, SQLAlchemy, ``logging.getLogger(...)`` in this code base) is routed through the
-same processor (``render_json``) by a ``ProcessorFormatter`` on the root logger. Lines go to
-``sys.stdout``, looked up at write time (so test capture and uvicorn both see them). WARN and
-worse, and every ``logging`` line, are flushed at once; DEBUG/INFO lines of structlog are flushed
-in batches (see ``_StdoutLogger``).
+structlog is configured with one processor, ``render_json``; the standard library (uvicorn,
+SQLAlchemy, ``logging.getLogger(...)`` in this code base) is routed through the same processor by
+a ``ProcessorFormatter`` on the root logger; the two lines of every request (request and business
+operation) use ``log_request_event``, which skips structlog's generic dispatch but shares its
+level, fields, redaction and rendering. Lines go to ``sys.stdout``, looked up at write time (so
+test capture and uvicorn both see them). WARN and worse, and every ``logging`` line, are flushed
+at once; DEBUG and INFO lines in batches (see ``_StdoutLogger`` and ``STDOUT_BUFFER_BYTES``).
 
 Each exception's stack trace is logged once: after a line carried it, the exception is marked and
 a later ``logging`` record of the same exception (the edge middleware's "unhandled error") is
@@ -24,6 +25,7 @@ dropped, while a later structlog line still appears, without the trace.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import sys
 import time
@@ -48,6 +50,8 @@ _SCANNED = ("requestId", "userId", "operation", "productId", "message", "method"
 #: When a line has extra fields, everything but these (checked above, or made by this code) is.
 _NOT_SCANNED_EXTRAS = frozenset(FIELDS) | {"logger"}
 _HINT_0, _HINT_1, _HINT_2 = HINTS
+_NUMBERED_LEVELS = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARN",
+                    logging.ERROR: "ERROR", logging.CRITICAL: "CRITICAL"}
 _LEVELS = {"debug": "DEBUG", "trace": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN",
            "error": "ERROR", "exception": "ERROR", "critical": "CRITICAL", "fatal": "CRITICAL"}
 #: Attribute set on an exception once its stack trace is in the log.
@@ -125,7 +129,8 @@ def shape(_logger: Any, method_name: str, event: MutableMapping[str, Any]) -> di
         path = pop("path", None) or ctx.path
     else:
         request_id, trace_id = pop("requestId", None), pop("traceId", None)
-        user_id = product_id = method = path = None
+        user_id = product_id = method = None
+        path = pop("path", None)
         if trace_id is None:
             trace_id = _current_trace_id()
     message = pop("event", None)
@@ -164,14 +169,18 @@ def _default(value: Any) -> str:
 
 
 def render_json(_logger: Any, method_name: str, event: MutableMapping[str, Any]) -> str:
-    """The one processor of every line: shape it, take out anything secret, render it.
+    """The one processor of every line: shape it, take out anything secret, render it."""
+    return _finish(shape(_logger, method_name, event))
+
+
+def _finish(out: dict[str, Any]) -> str:
+    """Redact and render a shaped line (with its newline).
 
     Redaction (see ``redaction``): every text field is checked for credential-looking values
     (the message, the request id a client may choose, whatever a caller passed as userId...),
     except the ones this module writes itself; extra fields by name as well; so is the stack
     trace.
     """
-    out = shape(_logger, method_name, event)
     for key in _SCANNED:
         value = out[key]
         if isinstance(value, str) and (_HINT_0 in value or _HINT_1 in value or _HINT_2 in value):
@@ -179,6 +188,49 @@ def render_json(_logger: Any, method_name: str, event: MutableMapping[str, Any])
     if len(out) > len(FIELDS):
         redact(out, _NOT_SCANNED_EXTRAS)
     return orjson.dumps(out, default=_default, option=orjson.OPT_APPEND_NEWLINE).decode()
+
+
+def log_request_event(
+    level: int, message: str, operation: str, *, user_id: Any, product_id: Any,
+    duration_ms: float, status: int | None, path: str | None,
+    exc_info: BaseException | None = None,
+) -> None:
+    """The request line and the business-operation lines: two per request, so they skip
+    structlog's generic dispatch and shaping, not its configuration: the level set by
+    ``configure_logging``, the same fields, redaction and renderer (``_finish``), the same
+    output. Outside a request they go through structlog like any line."""
+    if level < _state.level:
+        return
+    ctx = current_request.get()
+    if ctx is None:
+        structlog.get_logger().log(level, message, operation=operation, userId=user_id,
+                                   productId=product_id, durationMs=duration_ms, status=status,
+                                   path=path, exc_info=exc_info)
+        return
+    out: dict[str, Any] = {
+        "timestamp": _clock.now(),
+        "level": _NUMBERED_LEVELS.get(level, "INFO"),
+        "service": SERVICE,
+        "requestId": ctx.request_id,
+        "userId": user_id,
+        "operation": operation,
+        "productId": product_id,
+        "durationMs": duration_ms,
+        "message": message,
+        "method": ctx.method,
+        "path": path or ctx.path,
+        "status": status,
+        "traceId": ctx.trace_id,
+    }
+    if exc_info is not None:
+        stack = _stack_trace(exc_info)
+        if stack is not None:
+            out["stackTrace"] = stack
+    line = _finish(out)
+    stream = sys.stdout
+    stream.write(line)
+    if level >= logging.WARNING:
+        stream.flush()
 
 
 def _stdlib_fields(
@@ -270,9 +322,39 @@ _QUIET_BELOW_DEBUG = ("httpx", "httpcore")
 _ALWAYS_QUIET = ("aiosqlite",)
 
 
+class _State:
+    level = logging.INFO
+
+
+_state = _State()
+
+
+#: A pipe's own buffer size (4 KiB) would mean a write and a wake-up of the reader every ten
+#: lines; when stdout is a pipe or file, lines are written out in chunks this large instead.
+STDOUT_BUFFER_BYTES = 64 * 1024
+
+
+def _larger_stdout_buffer() -> None:
+    """Give the process's own stdout (a pipe or file, not a terminal, not a test's capture) a
+    larger buffer. Python flushes it at exit; ``flush_logs`` and WARN+ lines flush it sooner."""
+    stream = sys.stdout
+    if stream is not sys.__stdout__ or stream is None or stream.isatty():
+        return
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    stream.flush()
+    raw = io.FileIO(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw, STDOUT_BUFFER_BYTES),
+                                  encoding="utf-8", errors="backslashreplace")
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Route structlog and ``logging`` to JSON on stdout at ``level`` (idempotent)."""
     number = level_number(level)
+    _state.level = number
+    _larger_stdout_buffer()
     structlog.configure(
         processors=[render_json],
         wrapper_class=structlog.make_filtering_bound_logger(number),
@@ -298,11 +380,6 @@ def configure_logging(level: str = "INFO") -> None:
     access = logging.getLogger("uvicorn.access")  # the observability middleware logs requests
     access.handlers = []
     access.propagate = False
-
-
-def get_logger() -> Any:
-    """A concrete structlog logger bound to the current configuration (for hot paths)."""
-    return structlog.get_logger().bind()
 
 
 def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:

@@ -4,12 +4,14 @@ It sits just inside ``EdgeMiddleware`` (which assigns the request id and turns a
 exception into a 500 problem): so the request id is known here, and an exception passing through
 is logged here, with the request's ids and stack trace, before the edge answers for it.
 
-Per request it does only what cannot be done at start-up: read two headers, start a span, time
-the call, pick the cached metric children for (method, route, status), write one log line.
+Per request it does only what cannot be done at start-up: read two headers, make or continue the
+trace id (and start a server span when spans are exported), time the call, pick the cached
+metric children for (method, route, status), write one log line.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -18,13 +20,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode
 
-from favorites.observability import logs, tracing
+from favorites.observability import tracing
 from favorites.observability.context import (
     UNMATCHED,
     RequestContext,
     current_request,
     route_template,
 )
+from favorites.observability.logs import log_request_event
 from favorites.observability.metrics import HttpMetrics
 
 Scope = MutableMapping[str, Any]
@@ -42,7 +45,6 @@ class ObservabilityMiddleware:
         self.app = app
         self._metrics = HttpMetrics()
         self._tracing = tracing.STATE
-        self._log = logs.get_logger()
         #: endpoint -> path of the app's plain Starlette routes (/metrics, /docs), which do not
         #: leave ``scope["route"]``; built on the first request that needs it.
         self._plain_routes: dict[Any, str] | None = None
@@ -53,49 +55,48 @@ class ObservabilityMiddleware:
             return
         started = time.perf_counter()
         method: str = scope["method"]
-        traceparent = tracestate = None
-        for name, value in scope["headers"]:
-            if name == b"traceparent":
-                traceparent = value
-            elif name == b"tracestate":
-                tracestate = value
-        remote = tracing.parse_traceparent(traceparent, tracestate) if traceparent else None
-        parent = None
+        headers = dict(scope["headers"])  # one C-level pass instead of a Python loop
+        traceparent = headers.get(b"traceparent")
+        remote = (tracing.parse_traceparent(traceparent, headers.get(b"tracestate"))
+                  if traceparent is not None else None)
         upstream = remote is not None and remote.trace_flags.sampled
-        span: trace.Span
-        if self._tracing.recording:
-            if remote is not None:
-                parent = trace.set_span_in_context(NonRecordingSpan(remote))
+        recording = self._tracing.recording
+        span: trace.Span | None = None
+        otel_token = None
+        if recording:
+            parent = (trace.set_span_in_context(NonRecordingSpan(remote))
+                      if remote is not None else None)
             span = self._tracing.tracer.start_span(
                 method, context=parent, kind=SpanKind.SERVER,
                 attributes={"http.request.method": method},
             )
             span_context = span.get_span_context()
             trace_id, span_id = span_context.trace_id, span_context.span_id
-            sampled = tracing.head_sampled(trace_id, upstream)
+            # Child spans (database, cache) find their parent in the OpenTelemetry context.
+            otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         else:  # nothing to export: only the ids, for logs, headers and outgoing calls
-            trace_id = remote.trace_id if remote else tracing.new_trace_id()
+            trace_id = remote.trace_id if remote is not None else tracing.new_trace_id()
             span_id = tracing.new_span_id()
-            sampled = tracing.head_sampled(trace_id, upstream)
-            span = trace.INVALID_SPAN
+        sampled = tracing.head_sampled(trace_id, upstream)
         state = scope.get("state")
-        request_id = state.get("request_id") if state else None
-        request = RequestContext(request_id, trace_id, span_id, method, scope, upstream,
+        request = RequestContext(state.get("request_id") if state else None, trace_id, span_id,
+                                 method, scope, upstream,
                                  remote.trace_state if remote is not None else None)
         request_token = current_request.set(request)
-        # Child spans (database, cache) need the span in the OpenTelemetry context; without an
-        # exporter there are none, and inject_headers reads the ids from the request context.
-        otel_token = (otel_context.attach(trace.set_span_in_context(span, parent))
-                      if self._tracing.recording else None)
+        traceparent_prefix = f"00-{request.trace_id}-{span_id:016x}-"
         status = 500
 
         async def send_observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                header = tracing.format_traceparent(trace_id, span_id, sampled or status >= 500)
-                message["headers"] = [*message.get("headers", ()),
-                                      (b"traceparent", header.encode("ascii"))]
+                header = (b"traceparent", (traceparent_prefix + (
+                    "01" if sampled or status >= 500 else "00")).encode("ascii"))
+                response_headers = message.get("headers")
+                if isinstance(response_headers, list):
+                    response_headers.append(header)
+                else:
+                    message["headers"] = [*(response_headers or ()), header]
             await send(message)
 
         error: Exception | None = None
@@ -111,24 +112,18 @@ class ObservabilityMiddleware:
             if path is UNMATCHED and "endpoint" in scope:
                 path = self._plain_route(scope)
             self._metrics.observe(method, path, status, elapsed)
-            if span.is_recording():
+            log_request_event(
+                logging.ERROR if status >= 500 else logging.INFO, f"{method} {path} {status}",
+                REQUEST_OPERATION, user_id=request.user_id, product_id=request.product_id,
+                duration_ms=round(elapsed * 1000, 3), status=status, path=path, exc_info=error,
+            )
+            if span is not None:
                 span.update_name(f"{method} {path}")
                 span.set_attribute("http.route", path)
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(_ERROR_STATUS)
-            ms = round(elapsed * 1000, 3)
-            message = f"{method} {path} {status}"
-            if error is not None:
-                self._log.error(message, operation=REQUEST_OPERATION, path=path, status=status,
-                                durationMs=ms, exc_info=error)
-            elif status >= 500:
-                self._log.error(message, operation=REQUEST_OPERATION, path=path, status=status,
-                                durationMs=ms)
-            else:
-                self._log.info(message, operation=REQUEST_OPERATION, path=path, status=status,
-                               durationMs=ms)
-            span.end()
+                span.end()
             if otel_token is not None:
                 otel_context.detach(otel_token)
             current_request.reset(request_token)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def observe(service: object, name: str, operation: Operation,
     principal_at = _position(signature, "principal")
     counters = {status: metrics.operation_counter(operation.label, status)
                 for status in metrics.OPERATION_STATUSES}
-    log = logs.get_logger()
+    log = logs.log_request_event
     label = operation.name
 
     @functools.wraps(getattr(cls, name))
@@ -118,22 +119,23 @@ def observe(service: object, name: str, operation: Operation,
             ms = round((time.perf_counter() - started) * 1000, 3)
             if error.status >= 500:
                 counters["error"].inc()
-                log.warning(f"{label} failed: {error.slug}", operation=label, userId=user_id,
-                            productId=product_id, durationMs=ms)
+                log(logging.WARNING, f"{label} failed: {error.slug}", label, user_id=user_id,
+                    product_id=product_id, duration_ms=ms, status=None, path=None)
             else:
                 counters["client_error"].inc()
-                log.info(f"{label} refused: {error.slug}", operation=label, userId=user_id,
-                         productId=product_id, durationMs=ms)
+                log(logging.INFO, f"{label} refused: {error.slug}", label, user_id=user_id,
+                    product_id=product_id, duration_ms=ms, status=None, path=None)
             raise
         except Exception as error:
             ms = round((time.perf_counter() - started) * 1000, 3)
             counters["error"].inc()
-            log.error(f"{label} failed: {type(error).__name__}", operation=label,
-                      userId=user_id, productId=product_id, durationMs=ms, exc_info=error)
+            log(logging.ERROR, f"{label} failed: {type(error).__name__}", label,
+                user_id=user_id, product_id=product_id, duration_ms=ms, status=None, path=None,
+                exc_info=error)
             raise
         counters["success"].inc()
-        log.info(operation.done, operation=label, userId=user_id, productId=product_id,
-                 durationMs=round((time.perf_counter() - started) * 1000, 3))
+        log(logging.INFO, operation.done, label, user_id=user_id, product_id=product_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3), status=None, path=None)
         return result
 
     return observed
