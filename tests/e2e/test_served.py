@@ -185,3 +185,24 @@ def test_help_lists_every_command() -> None:
                             check=True)
     for command in ("serve", "migrate", "token", "products"):
         assert command in result.stdout
+
+
+def test_sigterm_drains_readiness_before_shutting_down(tmp_path: Path) -> None:
+    """Zero-downtime deploys: after SIGTERM the instance reports 503 draining on /health/ready
+    (still serving) for FAVORITES_DRAIN_SECONDS, then exits cleanly."""
+    import signal
+
+    env = clean_env(FAVORITES_DRAIN_SECONDS="3")
+    for served_now in _serve(tmp_path, env=env):
+        served_now.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        ready = httpx.get(f"{served_now.base}/health/ready", timeout=2)
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "draining"
+        assert ready.headers["retry-after"]
+        assert httpx.get(f"{served_now.base}/health/live", timeout=2).status_code == 200
+        started = time.monotonic()
+        # uvicorn shuts down gracefully, then re-raises the signal it caught: exit by SIGTERM.
+        assert served_now.process.wait(timeout=20) in (0, -signal.SIGTERM)
+        assert time.monotonic() - started < 10
+        assert "draining done; shutting down" in (tmp_path / "serve.log").read_text()

@@ -24,7 +24,7 @@ from favorites.domain.errors import (
     NotFound,
     ValidationFailed,
 )
-from favorites.entrypoints.http import favorites, health, internal, tokens
+from favorites.entrypoints.http import draining, favorites, health, internal, tokens
 from favorites.entrypoints.http.auth import ServiceClients
 from favorites.entrypoints.http.middleware import EdgeMiddleware
 from favorites.entrypoints.http.responses import problem
@@ -135,9 +135,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await observability.start()
         await container.start()
+        uninstall = draining.install(lambda: setattr(container, "draining", True),
+                                     settings.drain_seconds)
         try:
             yield
         finally:
+            uninstall()
             await container.close()
             await observability.stop()
 
