@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Self
 from uuid import UUID
 
+from favorites.adapters.cache.null import NullFavoritesCache
 from favorites.domain.models import AuditEntry, Favorite
 from favorites.service_layer.ports import RefreshTokenRecord
 
@@ -223,26 +224,12 @@ class FakeCatalog:
         self.forgotten.append(product_id)
 
 
-class RecordingCache:
+class RecordingCache(NullFavoritesCache):
     """A null cache that records invalidations, to assert the service layer asks for them."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.invalidated: list[UUID] = []
-
-    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
-        return None
-
-    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None:
-        return None
-
-    async def get_count(self, user_id: UUID) -> int | None:
-        return None
-
-    async def set_count(self, user_id: UUID, count: int, version: int) -> None:
-        return None
-
-    async def version(self, user_id: UUID) -> int:
-        return 0
 
     async def invalidate_user(self, user_id: UUID) -> None:
         self.invalidated.append(user_id)
