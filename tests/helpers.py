@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
+import pytest
 
 from tests.conftest import JWT_SECRET, SERVICE_KEY
 
@@ -49,3 +52,18 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     if slug is not None:
         assert body["type"].endswith("/" + slug), body
     return body
+
+
+def wait_until_ready(base: str, process: subprocess.Popen[bytes] | subprocess.Popen[str],
+                     log: Path, timeout: float = 30) -> None:
+    """Poll a served process's /health/ready; fail with its log if it dies or never gets ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.2)
+    pytest.fail("server did not become ready:\n" + log.read_text())

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import wait_until_ready
+
 BIN = Path(sys.executable).parent
 
 
@@ -49,17 +51,7 @@ def _serve(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready:\n" + log.read_text())
+        wait_until_ready(base, process, log)
         yield Served(base, log.read_text(), cwd, process)
     finally:
         process.terminate()

@@ -24,7 +24,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import JWT_SECRET, SERVICE_KEY
-from tests.helpers import token
+from tests.helpers import token, wait_until_ready
 
 BIN = Path(sys.executable).parent
 PORTS = range(18100, 18200)
@@ -94,17 +94,7 @@ def _serve(tmp: Path, workers: int = 2, **extra: str) -> Iterator[Server]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready:\n" + log.read_text())
+        wait_until_ready(base, process, log, timeout=60)
         assert workers == 1 or not stale.exists()
         admin = f"http://127.0.0.1:{admin_port}" if extra.get("FAVORITES_ENV") == "production" \
             else None
