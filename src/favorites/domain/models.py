@@ -15,12 +15,6 @@ class Favorite:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[Favorite]
-    next_cursor: str | None
-
-
 class PrincipalKind(StrEnum):
     USER = "user"
     SERVICE = "service"

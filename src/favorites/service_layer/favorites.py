@@ -8,7 +8,8 @@ from uuid import UUID
 from favorites.domain import access
 from favorites.domain.cursor import CursorCodec
 from favorites.domain.errors import FavoriteNotFound, FavoritesLimitReached, ProductNotFound
-from favorites.domain.models import AuditAction, AuditEntry, Favorite, Page, Principal
+from favorites.domain.models import AuditAction, AuditEntry, Favorite, Principal
+from favorites.domain.pages import FirstPage, Page
 from favorites.service_layer.ports import Catalog, Clock, FavoritesCache, UnitOfWorkFactory
 from favorites.service_layer.singleflight import SingleFlight
 
@@ -35,7 +36,7 @@ class FavoritesService:
         # Concurrent cache misses of one user's first page / count share one database load.
         # Keyed by the cache's version token: a read that starts after a write's invalidation
         # never joins a load that started before it.
-        self._page_loads: SingleFlight[tuple[UUID, int], list[Favorite]] = SingleFlight()
+        self._page_loads: SingleFlight[tuple[UUID, int], FirstPage] = SingleFlight()
         self._count_loads: SingleFlight[tuple[UUID, int], int] = SingleFlight()
 
     async def add(
@@ -100,24 +101,23 @@ class FavoritesService:
         after = self._cursors.decode(user_id, cursor) if cursor else None
         if audited:
             await self._audit_admin_read(principal, user_id, request_id)
-        items: list[Favorite] | None = None
-        if after is None:
-            items = await self._cache.get_first_page(user_id, limit + 1)
-        if items is None:
-            if after is None:
-                version = await self._cache.version(user_id)
-                items = await self._page_loads.run(
-                    (user_id, version), lambda: self._load_first_page(user_id, version)
-                )
-            else:
-                async with self._uow(readonly=True, user_id=user_id) as uow:
-                    items = await uow.favorites.page(user_id, limit + 1, after)
-            items = items[: limit + 1]
-        if len(items) > limit:
-            last = items[limit - 1]
-            return Page(items[:limit], self._cursors.encode(user_id, last.created_at,
-                                                            last.product_id))
-        return Page(items, None)
+        if after is not None:
+            async with self._uow(readonly=True, user_id=user_id) as uow:
+                items = await uow.favorites.page(user_id, limit + 1, after)
+            if len(items) > limit:
+                return Page(items[:limit], self._cursor_after(items[limit - 1]))
+            return Page(items, None)
+        first = await self._cache.get_first_page(user_id)
+        if first is None:
+            version = await self._cache.version(user_id)
+            first = await self._page_loads.run(
+                (user_id, version), lambda: self._load_first_page(user_id, version)
+            )
+        cursor = self._cursor_after(first.favorite_at(limit - 1)) if len(first) > limit else None
+        return Page.from_first(first, limit, cursor)
+
+    def _cursor_after(self, last: Favorite) -> str:
+        return self._cursors.encode(last.user_id, last.created_at, last.product_id)
 
     async def get(
         self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None
@@ -145,13 +145,14 @@ class FavoritesService:
             (user_id, version), lambda: self._load_count(user_id, version)
         )
 
-    async def _load_first_page(self, user_id: UUID, version: int) -> list[Favorite]:
+    async def _load_first_page(self, user_id: UUID, version: int) -> FirstPage:
         """The full first page (the cache serves any ``limit`` from it), stored under ``version``
         (taken before the load, so a write committed meanwhile makes the store a no-op)."""
         async with self._uow(readonly=True, user_id=user_id) as uow:
             items = await uow.favorites.page(user_id, MAX_PAGE + 1, None)
-        await self._cache.set_first_page(user_id, items, version)
-        return items
+        first = FirstPage.of(user_id, items)
+        await self._cache.set_first_page(user_id, first, version)
+        return first
 
     async def _load_count(self, user_id: UUID, version: int) -> int:
         async with self._uow(readonly=True, user_id=user_id) as uow:

@@ -10,6 +10,7 @@ from typing import Protocol, Self
 from uuid import UUID
 
 from favorites.domain.models import AuditEntry, Favorite
+from favorites.domain.pages import FirstPage
 
 
 class FavoritesRepository(Protocol):
@@ -136,9 +137,9 @@ class Catalog(Protocol):
 class FavoritesCache(Protocol):
     """Cache-aside for a user's first page and count. Every method is best effort."""
 
-    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None: ...
+    async def get_first_page(self, user_id: UUID) -> FirstPage | None: ...
 
-    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None: ...
+    async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None: ...
 
     async def get_count(self, user_id: UUID) -> int | None: ...
 

@@ -13,6 +13,7 @@ from favorites.adapters.cache.memory import Entries, Versions
 from favorites.adapters.cache.redis import RedisFavoritesCache
 from favorites.adapters.db.recent_writers import RedisRecentWriters
 from favorites.domain.models import Favorite
+from favorites.domain.pages import FirstPage
 from tests.integration.cache.conftest import Instance
 
 
@@ -25,17 +26,22 @@ async def test_a_stored_first_page_is_served_exactly(instance: Instance) -> None
     cache = instance.caches.favorites
     user_id = uuid.uuid4()
     items = favorites_of(user_id, 51)
-    assert await cache.get_first_page(user_id, 51) is None
-    await cache.set_first_page(user_id, items, await cache.version(user_id))
-    assert await cache.get_first_page(user_id, 51) == items
-    assert await cache.get_first_page(user_id, 3) == items[:3]
-    served = await cache.get_first_page(user_id, 1)
-    assert served is not None
+    assert await cache.get_first_page(user_id) is None
+    await cache.set_first_page(user_id, FirstPage.of(user_id, items), await cache.version(user_id))
+    page = await cache.get_first_page(user_id)
+    assert page is not None
+    assert page.favorites(51) == items
+    assert page.favorites(3) == items[:3]
+    assert page.rendered(2) == FirstPage.of(user_id, items[:2]).rendered(2)
+    served = page.favorites(1)
     assert served[0].created_at.microsecond == 123456
     assert served[0].created_at.tzinfo is not None
     empty_user = uuid.uuid4()
-    await cache.set_first_page(empty_user, [], await cache.version(empty_user))
-    assert await cache.get_first_page(empty_user, 51) == []
+    await cache.set_first_page(empty_user, FirstPage.of(empty_user, []),
+                               await cache.version(empty_user))
+    empty = await cache.get_first_page(empty_user)
+    assert empty is not None
+    assert empty.favorites(51) == []
 
 
 async def test_a_stored_count_is_served(instance: Instance) -> None:
@@ -55,19 +61,19 @@ async def test_invalidation_drops_entries_and_refuses_loads_that_began_before_it
     cache = instance.caches.favorites
     user_id, other = uuid.uuid4(), uuid.uuid4()
     for who in (user_id, other):
-        await cache.set_first_page(who, favorites_of(who, 2), await cache.version(who))
+        await cache.set_first_page(who, FirstPage.of(who, favorites_of(who, 2)), await cache.version(who))
         await cache.set_count(who, 2, await cache.version(who))
     before = await cache.version(user_id)  # a reader took this, then loaded from the database
     await cache.invalidate_user(user_id)  # ... while a write committed
-    assert await cache.get_first_page(user_id, 50) is None
+    assert await cache.get_first_page(user_id) is None
     assert await cache.get_count(user_id) is None
-    await cache.set_first_page(user_id, favorites_of(user_id, 2), before)
+    await cache.set_first_page(user_id, FirstPage.of(user_id, favorites_of(user_id, 2)), before)
     await cache.set_count(user_id, 2, before)
-    assert await cache.get_first_page(user_id, 50) is None, "a pre-write load was stored"
+    assert await cache.get_first_page(user_id) is None, "a pre-write load was stored"
     assert await cache.get_count(user_id) is None
     # Other users are untouched.
     assert await cache.get_count(other) == 2
-    assert await cache.get_first_page(other, 50) is not None
+    assert await cache.get_first_page(other) is not None
 
 
 async def test_lookups_are_reported_by_cache_name(instance: Instance) -> None:
@@ -76,7 +82,7 @@ async def test_lookups_are_reported_by_cache_name(instance: Instance) -> None:
     await cache.get_count(user_id)
     await cache.set_count(user_id, 1, await cache.version(user_id))
     await cache.get_count(user_id)
-    await cache.get_first_page(user_id, 1)
+    await cache.get_first_page(user_id)
     assert instance.lookups[policy.FAVORITES_COUNT, "miss"] == 1
     assert instance.lookups[policy.FAVORITES_COUNT, "hit"] == 1
     assert instance.lookups[policy.FAVORITES_PAGE, "miss"] == 1
@@ -114,7 +120,8 @@ async def test_redis_entries_expire_with_jittered_ttls(redis_backed: Instance) -
     ttls = set()
     for _ in range(8):
         user_id = uuid.uuid4()
-        await cache.set_first_page(user_id, favorites_of(user_id, 1), await cache.version(user_id))
+        page = FirstPage.of(user_id, favorites_of(user_id, 1))
+        await cache.set_first_page(user_id, page, await cache.version(user_id))
         ttl = await client.pttl(f"{cache._user(user_id)}:{epoch}:p")
         assert 0.9 * policy.PAGE_TTL * 1000 - 1000 <= ttl <= 1.1 * policy.PAGE_TTL * 1000
         ttls.add(ttl // 1000)

@@ -19,6 +19,7 @@ from favorites.adapters.cache import codec, policy
 from favorites.adapters.cache.redis import RedisFavoritesCache
 from favorites.adapters.cache.redis_client import build_redis_client
 from favorites.adapters.catalog.breaker import BreakerState
+from favorites.domain.pages import FirstPage
 from tests.integration.cache.conftest import FAST, Instance, new_product, redis_instance, user
 from tests.integration.cache.servers import RedisServer
 from tests.integration.cache.test_read_your_writes import add, listed
@@ -78,8 +79,8 @@ async def old_entry(server: RedisServer, cache: RedisFavoritesCache, user_id: uu
     finally:
         await raw.aclose()
     payload = codec.untag(entry, version)
-    page = None if payload is None else codec.decode_page(user_id, payload, 51)
-    return None if page is None else {f.product_id for f in page}
+    page = None if payload is None else FirstPage.decode(user_id, payload)
+    return None if page is None else {f.product_id for f in page.favorites(51)}
 
 
 @pytest.mark.parametrize("outage", ["killed-then-restarted-from-snapshot", "paused-then-resumed"])

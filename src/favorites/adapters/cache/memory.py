@@ -19,7 +19,7 @@ from uuid import UUID
 
 from favorites.adapters.cache import policy
 from favorites.adapters.cache.observer import LookupObserver, ignore_lookup
-from favorites.domain.models import Favorite
+from favorites.domain.pages import FirstPage
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -86,24 +86,24 @@ class Entries(Generic[K, V]):
 
 
 class InProcessFavoritesCache:
-    """Implements the ``FavoritesCache`` port. A full page (51 favorites) is ~10 KiB of objects,
-    so the default bound (5,000 pages) keeps it under ~50 MiB."""
+    """Implements the ``FavoritesCache`` port. A full page (51 favorites) is ~5 KiB of rendered
+    JSON, so the default bound (5,000 pages) keeps it around 25 MiB."""
 
     def __init__(self, *, max_pages: int = 5_000, max_counts: int = 50_000,
                  clock: Clock = time.monotonic, on_lookup: LookupObserver = ignore_lookup):
         self._versions: Versions[UUID] = Versions(max(max_pages, max_counts) * 2)
-        self._pages: Entries[UUID, list[Favorite]] = Entries(max_pages, clock)
+        self._pages: Entries[UUID, FirstPage] = Entries(max_pages, clock)
         self._counts: Entries[UUID, int] = Entries(max_counts, clock)
         self._on_lookup = on_lookup
 
-    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
-        items = self._pages.get(user_id)
-        self._on_lookup(policy.FAVORITES_PAGE, "miss" if items is None else "hit")
-        return None if items is None else items[:limit]
+    async def get_first_page(self, user_id: UUID) -> FirstPage | None:
+        page = self._pages.get(user_id)
+        self._on_lookup(policy.FAVORITES_PAGE, "miss" if page is None else "hit")
+        return page
 
-    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None:
+    async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None:
         if version == self._versions.token(user_id):
-            self._pages.put(user_id, list(items), policy.PAGE_TTL)
+            self._pages.put(user_id, page, policy.PAGE_TTL)
 
     async def get_count(self, user_id: UUID) -> int | None:
         count = self._counts.get(user_id)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import itertools
 from uuid import UUID
 
-from favorites.domain.models import Favorite
+from favorites.domain.pages import FirstPage
 
 
 class NullFavoritesCache:
     def __init__(self) -> None:
         self._tokens = itertools.count(1)
 
-    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
+    async def get_first_page(self, user_id: UUID) -> FirstPage | None:
         return None
 
-    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None:
+    async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None:
         return None
 
     async def get_count(self, user_id: UUID) -> int | None:

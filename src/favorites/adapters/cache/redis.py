@@ -28,7 +28,7 @@ from redis.asyncio import RedisCluster
 from favorites.adapters.cache import codec, policy
 from favorites.adapters.cache.gate import SKIPPED, RedisGate
 from favorites.adapters.cache.observer import LookupObserver, ignore_lookup
-from favorites.domain.models import Favorite
+from favorites.domain.pages import FirstPage
 
 PREFIX = "fav"
 
@@ -95,13 +95,13 @@ class RedisFavoritesCache(_RedisCache):
     def _user(self, user_id: UUID) -> str:
         return f"{self._prefix}:{{u:{user_id}}}"
 
-    async def get_first_page(self, user_id: UUID, limit: int) -> list[Favorite] | None:
+    async def get_first_page(self, user_id: UUID) -> FirstPage | None:
         payload = await self._get(user_id, "p", policy.FAVORITES_PAGE)
         if payload is None:
             return None
-        items = codec.decode_page(user_id, payload, limit)
-        self._on_lookup(policy.FAVORITES_PAGE, "miss" if items is None else "hit")
-        return items
+        page = FirstPage.decode(user_id, payload)
+        self._on_lookup(policy.FAVORITES_PAGE, "miss" if page is None else "hit")
+        return page
 
     async def get_count(self, user_id: UUID) -> int | None:
         payload = await self._get(user_id, "c", policy.FAVORITES_COUNT)
@@ -114,9 +114,8 @@ class RedisFavoritesCache(_RedisCache):
     async def version(self, user_id: UUID) -> int:
         return await self._version_token(f"{self._user(user_id)}:v")
 
-    async def set_first_page(self, user_id: UUID, items: list[Favorite], version: int) -> None:
-        await self._store(self._user(user_id), "p", version, codec.encode_page(items),
-                          policy.PAGE_TTL)
+    async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None:
+        await self._store(self._user(user_id), "p", version, page.payload, policy.PAGE_TTL)
 
     async def set_count(self, user_id: UUID, count: int, version: int) -> None:
         await self._store(self._user(user_id), "c", version, codec.encode_count(count),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from favorites.domain.access import resolve_user
 from favorites.domain.errors import ValidationFailed
 from favorites.domain.ids import parse_uuid
+from favorites.domain.pages import render_page
 from favorites.entrypoints.http.auth import AppContainer, CurrentUser
 from favorites.entrypoints.http.responses import JSONResponse
 from favorites.entrypoints.http.schemas import (
@@ -16,12 +17,12 @@ from favorites.entrypoints.http.schemas import (
     CountRead,
     FavoriteRead,
     FavoritesPage,
-    favorite_item,
     favorite_read,
 )
 from favorites.service_layer.favorites import MAX_CONTAINS, MAX_PAGE
 
 router = APIRouter(tags=["favorites"])
+JSON = "application/json"
 
 UserPath = Path(description="A user id (UUID) or the literal `me`")
 ProductPath = Path(description="A product id (UUID)")
@@ -53,9 +54,7 @@ async def list_favorites(
         principal, _user(principal, user_id), _limit(limit), cursor or None,
         request.state.request_id,
     )
-    return JSONResponse(
-        {"items": [favorite_item(f) for f in page.items], "next_cursor": page.next_cursor}
-    )
+    return Response(render_page(page.rendered(), page.next_cursor), media_type=JSON)
 
 
 @router.get("/v1/users/{user_id}/favorites/count", response_model=CountRead,

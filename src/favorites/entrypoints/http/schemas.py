@@ -71,11 +71,6 @@ class Problem(BaseModel):
     request_id: str
 
 
-def favorite_item(favorite: Favorite) -> dict[str, object]:
-    """Rendered by JSONResponse (orjson): ids as canonical UUIDs, times as UTC ``...Z``."""
-    return {"product_id": favorite.product_id, "created_at": favorite.created_at}
-
-
 def favorite_read(favorite: Favorite) -> dict[str, object]:
     return {"user_id": favorite.user_id, "product_id": favorite.product_id,
             "created_at": favorite.created_at}
