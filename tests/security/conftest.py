@@ -40,7 +40,7 @@ class Es256App:
     previous: KeyPair
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def es256(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> AsyncIterator[Es256App]:
     tmp: Path = tmp_path_factory.mktemp("es256")

@@ -1,16 +1,24 @@
-"""/v1/users/{user_id}/favorites and /v1/products/{product_id}/favorites/count."""
+"""/v1/users/{user_id}/favorites and /v1/products/{product_id}/favorites/count.
+
+These are the hot endpoints, so each takes the bare ``Request`` and reads its parameters itself:
+FastAPI's per-request dependency and parameter solving was a tenth of a cached read's CPU. The
+parameters are still documented in the OpenAPI schema (``openapi_extra``), authentication is still
+the first thing each handler does, and every value goes through the same parsers as before.
+"""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from favorites.domain.access import resolve_user
 from favorites.domain.errors import ValidationFailed
 from favorites.domain.ids import parse_uuid
+from favorites.domain.models import Principal
 from favorites.domain.pages import render_page
-from favorites.entrypoints.http.auth import AppContainer, CurrentUser
+from favorites.entrypoints.http.auth import app_container, authenticate_user
 from favorites.entrypoints.http.responses import JSONResponse
 from favorites.entrypoints.http.schemas import (
     ContainsRead,
@@ -24,12 +32,31 @@ from favorites.service_layer.favorites import MAX_CONTAINS, MAX_PAGE
 router = APIRouter(tags=["favorites"])
 JSON = "application/json"
 
-UserPath = Path(description="A user id (UUID) or the literal `me`")
-ProductPath = Path(description="A product id (UUID)")
+
+def _param(name: str, where: str, description: str, *, required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "description": description,
+            "schema": {"type": "string"}}
 
 
-def _user(principal: CurrentUser, raw: str) -> UUID:
+USER_ID = _param("user_id", "path", "A user id (UUID) or the literal `me`")
+PRODUCT_ID = _param("product_id", "path", "A product id (UUID)")
+LIMIT = _param("limit", "query", f"Page size, 1 to {MAX_PAGE} (default {MAX_PAGE})", required=False)
+CURSOR = _param("cursor", "query", "`next_cursor` of the previous page", required=False)
+PRODUCT_IDS = _param("product_ids", "query",
+                     f"Comma-separated product ids, at most {MAX_CONTAINS}")
+
+
+def documented(*parameters: dict[str, Any]) -> dict[str, Any]:
+    return {"parameters": list(parameters)}
+
+
+def _user(principal: Principal, request: Request) -> UUID:
+    raw: str = request.path_params["user_id"]
     return resolve_user(principal, None if raw == "me" else parse_uuid(raw, "user_id"))
+
+
+def _product(request: Request) -> UUID:
+    return parse_uuid(request.path_params["product_id"], "product_id")
 
 
 def _limit(raw: str | None) -> int:
@@ -41,64 +68,55 @@ def _limit(raw: str | None) -> int:
 
 
 @router.get("/v1/users/{user_id}/favorites", response_model=FavoritesPage,
-            summary="List favorites, newest first")
-async def list_favorites(
-    request: Request,
-    principal: CurrentUser,
-    app: AppContainer,
-    user_id: str = UserPath,
-    limit: str | None = Query(None, description="Page size, 1 to 50 (default 50)"),
-    cursor: str | None = Query(None, description="`next_cursor` of the previous page"),
-) -> Response:
-    page = await app.favorites.list_page(
-        principal, _user(principal, user_id), _limit(limit), cursor or None,
-        request.state.request_id,
+            summary="List favorites, newest first",
+            openapi_extra=documented(USER_ID, LIMIT, CURSOR))
+async def list_favorites(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    query = request.query_params
+    page = await app_container(request).favorites.list_page(
+        principal, _user(principal, request), _limit(query.get("limit")),
+        query.get("cursor") or None, request.state.request_id,
     )
     return Response(render_page(page.rendered(), page.next_cursor), media_type=JSON)
 
 
 @router.get("/v1/users/{user_id}/favorites/count", response_model=CountRead,
-            summary="How many favorites a user has")
-async def count_favorites(
-    request: Request, principal: CurrentUser, app: AppContainer, user_id: str = UserPath
-) -> Response:
-    count = await app.favorites.count(principal, _user(principal, user_id),
-                                      request.state.request_id)
+            summary="How many favorites a user has", openapi_extra=documented(USER_ID))
+async def count_favorites(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    count = await app_container(request).favorites.count(
+        principal, _user(principal, request), request.state.request_id)
     return JSONResponse({"count": count})
 
 
 @router.get("/v1/users/{user_id}/favorites/contains", response_model=ContainsRead,
-            summary="Which of these products the user favorited (hearts for a product grid)")
-async def contains_favorites(
-    principal: CurrentUser,
-    app: AppContainer,
-    user_id: str = UserPath,
-    product_ids: str = Query(..., description=f"Comma-separated product ids, at most {MAX_CONTAINS}"),
-) -> Response:
+            summary="Which of these products the user favorited (hearts for a product grid)",
+            openapi_extra=documented(USER_ID, PRODUCT_IDS))
+async def contains_favorites(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    owner = _user(principal, request)
+    product_ids = request.query_params.get("product_ids")
+    if product_ids is None:
+        raise ValidationFailed("query.product_ids: Field required")
     raw_ids = [part.strip() for part in product_ids.split(",") if part.strip()]
     if not raw_ids:
         raise ValidationFailed("product_ids must name at least one product")
     if len(raw_ids) > MAX_CONTAINS:
         raise ValidationFailed(f"product_ids takes at most {MAX_CONTAINS} ids")
     ids = [parse_uuid(raw, "product_ids") for raw in raw_ids]
-    found = await app.favorites.contains(principal, _user(principal, user_id), ids)
+    found = await app_container(request).favorites.contains(principal, owner, ids)
     return JSONResponse({"product_ids": [str(pid) for pid in found]})
 
 
 @router.put("/v1/users/{user_id}/favorites/{product_id}", response_model=FavoriteRead,
             status_code=201, responses={200: {"model": FavoriteRead}},
-            summary="Add a favorite (idempotent)")
-async def add_favorite(
-    request: Request,
-    principal: CurrentUser,
-    app: AppContainer,
-    user_id: str = UserPath,
-    product_id: str = ProductPath,
-) -> Response:
-    owner = _user(principal, user_id)
-    product = parse_uuid(product_id, "product_id")
-    favorite, created = await app.favorites.add(principal, owner, product,
-                                                request.state.request_id)
+            summary="Add a favorite (idempotent)", openapi_extra=documented(USER_ID, PRODUCT_ID))
+async def add_favorite(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    owner = _user(principal, request)
+    product = _product(request)
+    favorite, created = await app_container(request).favorites.add(
+        principal, owner, product, request.state.request_id)
     if created:
         return JSONResponse(
             favorite_read(favorite), status_code=201,
@@ -108,38 +126,27 @@ async def add_favorite(
 
 
 @router.delete("/v1/users/{user_id}/favorites/{product_id}", status_code=204,
-               summary="Remove a favorite (idempotent)")
-async def remove_favorite(
-    request: Request,
-    principal: CurrentUser,
-    app: AppContainer,
-    user_id: str = UserPath,
-    product_id: str = ProductPath,
-) -> Response:
-    await app.favorites.remove(principal, _user(principal, user_id),
-                               parse_uuid(product_id, "product_id"), request.state.request_id)
+               summary="Remove a favorite (idempotent)",
+               openapi_extra=documented(USER_ID, PRODUCT_ID))
+async def remove_favorite(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    await app_container(request).favorites.remove(
+        principal, _user(principal, request), _product(request), request.state.request_id)
     return Response(status_code=204)
 
 
 @router.get("/v1/users/{user_id}/favorites/{product_id}", response_model=FavoriteRead,
-            summary="One favorite")
-async def get_favorite(
-    request: Request,
-    principal: CurrentUser,
-    app: AppContainer,
-    user_id: str = UserPath,
-    product_id: str = ProductPath,
-) -> Response:
-    favorite = await app.favorites.get(principal, _user(principal, user_id),
-                                       parse_uuid(product_id, "product_id"),
-                                       request.state.request_id)
+            summary="One favorite", openapi_extra=documented(USER_ID, PRODUCT_ID))
+async def get_favorite(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    favorite = await app_container(request).favorites.get(
+        principal, _user(principal, request), _product(request), request.state.request_id)
     return JSONResponse(favorite_read(favorite))
 
 
 @router.get("/v1/products/{product_id}/favorites/count", response_model=CountRead,
-            summary="How many users saved this product")
-async def product_favorites_count(
-    principal: CurrentUser, app: AppContainer, product_id: str = ProductPath
-) -> Response:
-    count = await app.favorites.count_for_product(principal, parse_uuid(product_id, "product_id"))
+            summary="How many users saved this product", openapi_extra=documented(PRODUCT_ID))
+async def product_favorites_count(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    count = await app_container(request).favorites.count_for_product(principal, _product(request))
     return JSONResponse({"count": count})
