@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from limits.aio.storage import RedisClusterStorage, RedisStorage
 from prometheus_client import REGISTRY
 
-from favorites.adapters.ratelimit import RedisRateLimiter, build_storage, storage_uri
+from favorites.adapters.ratelimit import RateLimit, RedisRateLimiter, build_storage, storage_uri
 from favorites.config import ConfigError, load_settings
 from favorites.entrypoints.http.app import create_app
 from tests.conftest import JWT_SECRET, make_settings
@@ -331,3 +331,65 @@ def test_storage_uri_for_single_node_and_cluster() -> None:
     assert isinstance(build_storage("redis://127.0.0.1:7000", True), RedisClusterStorage)
     with pytest.raises(ConfigError, match="FAVORITES_REDIS_CLUSTER"):
         load_settings(_env_file=None, redis_url="unix:///run/redis.sock", redis_cluster=True)
+
+
+def batching_limiter(url: str, clock: list[float]) -> RedisRateLimiter:
+    """100/minute (large enough to batch), flushed only when the test says so."""
+    return RedisRateLimiter(build_storage(url, False), {"user": RateLimit(100, 60)},
+                            clock=lambda: clock[0], flush_interval=3600)
+
+
+@pytest.mark.redis
+async def test_far_below_the_limit_counts_are_batched_and_the_shared_limit_still_holds(
+    shared_redis: str,
+) -> None:
+    """SPEC §4 with batched counting: far below the limit no request waits for Redis, local counts
+    reach Redis in one flush, and near the limit both instances count the shared total exactly:
+    exactly 100 requests of 100/minute are allowed across the two."""
+    clock = [60.0 * (int(time.time() // 60) + 1000) + 1]  # a window no other test uses
+    first, second = batching_limiter(shared_redis, clock), batching_limiter(shared_redis, clock)
+    user = str(uuid.uuid4())
+    key = f"favorites:ratelimit:user:{user}:{int(clock[0] // 60)}"
+    raw = aioredis.Redis.from_url(shared_redis)
+    try:
+        decisions = [await first.hit("user", user) for _ in range(50)]
+        assert all(d.allowed for d in decisions)
+        assert [d.remaining for d in decisions[:3]] == [99, 98, 97]
+        assert await raw.get(key) is None, "no round trip far below the limit"
+        await first.flush()
+        assert int(await raw.get(key)) == 50
+        assert 0 < await raw.ttl(key) <= 60
+        assert (await second.hit("user", user)).allowed  # knows nothing yet: batched
+        await second.flush()
+        assert int(await raw.get(key)) == 51
+        # Both now know the shared total is past half the limit: every hit goes to Redis.
+        allowed = 0
+        for limiter in (first, second) * 30:
+            allowed += (await limiter.hit("user", user)).allowed
+        assert allowed == 100 - 51
+        assert not (await first.hit("user", user)).allowed
+        assert first.failures == second.failures == 0
+    finally:
+        for limiter in (first, second):
+            await limiter.close()
+        await raw.delete(key)
+        await raw.aclose()
+
+
+async def test_a_failed_flush_falls_back_to_limiting_in_process() -> None:
+    """SPEC §4: with Redis unreachable the batched counts are dropped (those requests were
+    answered), the breaker opens once, and requests go on being served and limited in process."""
+    clock = [time.time()]
+    limiter = batching_limiter(f"redis://127.0.0.1:{CLOSED_PORT}/0", clock)
+    try:
+        assert all([(await limiter.hit("user", "u")).allowed for _ in range(10)])
+        assert limiter.failures == 0
+        await limiter.flush()
+        assert limiter.failures == 1
+        assert await limiter.readiness() != "ok"
+        decisions = [await limiter.hit("user", "u") for _ in range(101)]
+        assert [d.allowed for d in decisions] == [True] * 100 + [False]
+        assert limiter.fallback_hits == 101
+        assert limiter.failures == 1
+    finally:
+        await limiter.close()
