@@ -107,9 +107,8 @@ class FavoritesService:
             if len(items) > limit:
                 return Page(items[:limit], self._cursor_after(items[limit - 1]))
             return Page(items, None)
-        first = await self._cache.get_first_page(user_id)
+        first, version = await self._cache.lookup_first_page(user_id)
         if first is None:
-            version = await self._cache.version(user_id)
             first = await self._page_loads.run(
                 (user_id, version), lambda: self._load_first_page(user_id, version)
             )

@@ -139,6 +139,10 @@ class FavoritesCache(Protocol):
 
     async def get_first_page(self, user_id: UUID) -> FirstPage | None: ...
 
+    async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
+        """The cached page, or None and the ``version`` token to store a load under, in one
+        round trip where ``get_first_page`` then ``version`` take two."""
+
     async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None: ...
 
     async def get_count(self, user_id: UUID) -> int | None: ...

@@ -61,7 +61,8 @@ async def test_invalidation_drops_entries_and_refuses_loads_that_began_before_it
     cache = instance.caches.favorites
     user_id, other = uuid.uuid4(), uuid.uuid4()
     for who in (user_id, other):
-        await cache.set_first_page(who, FirstPage.of(who, favorites_of(who, 2)), await cache.version(who))
+        page = FirstPage.of(who, favorites_of(who, 2))
+        await cache.set_first_page(who, page, await cache.version(who))
         await cache.set_count(who, 2, await cache.version(who))
     before = await cache.version(user_id)  # a reader took this, then loaded from the database
     await cache.invalidate_user(user_id)  # ... while a write committed
@@ -74,6 +75,27 @@ async def test_invalidation_drops_entries_and_refuses_loads_that_began_before_it
     # Other users are untouched.
     assert await cache.get_count(other) == 2
     assert await cache.get_first_page(other) is not None
+
+
+async def test_a_lookup_miss_hands_out_the_version_to_store_the_load_under(
+    instance: Instance,
+) -> None:
+    """One round trip on a miss: the token from the lookup works like ``version()``'s, a load
+    stored under it is served, and one that overlapped a write is refused."""
+    cache = instance.caches.favorites
+    user_id = uuid.uuid4()
+    page, token = await cache.lookup_first_page(user_id)
+    assert page is None
+    await cache.set_first_page(user_id, FirstPage.of(user_id, favorites_of(user_id, 3)), token)
+    found, _ = await cache.lookup_first_page(user_id)
+    assert found is not None
+    assert len(found) == 3
+    await cache.invalidate_user(user_id)
+    page, before = await cache.lookup_first_page(user_id)  # a reader missed, then loaded ...
+    assert page is None
+    await cache.invalidate_user(user_id)  # ... while a write committed
+    await cache.set_first_page(user_id, FirstPage.of(user_id, favorites_of(user_id, 1)), before)
+    assert (await cache.lookup_first_page(user_id))[0] is None, "a pre-write load was stored"
 
 
 async def test_lookups_are_reported_by_cache_name(instance: Instance) -> None:

@@ -101,6 +101,10 @@ class InProcessFavoritesCache:
         self._on_lookup(policy.FAVORITES_PAGE, "miss" if page is None else "hit")
         return page
 
+    async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
+        page = await self.get_first_page(user_id)
+        return page, self._versions.token(user_id)
+
     async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None:
         if version == self._versions.token(user_id):
             self._pages.put(user_id, page, policy.PAGE_TTL)

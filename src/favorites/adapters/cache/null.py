@@ -15,6 +15,9 @@ class NullFavoritesCache:
     async def get_first_page(self, user_id: UUID) -> FirstPage | None:
         return None
 
+    async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
+        return None, await self.version(user_id)
+
     async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None:
         return None
 

@@ -96,12 +96,16 @@ class RedisFavoritesCache(_RedisCache):
         return f"{self._prefix}:{{u:{user_id}}}"
 
     async def get_first_page(self, user_id: UUID) -> FirstPage | None:
-        payload = await self._get(user_id, "p", policy.FAVORITES_PAGE)
+        return (await self.lookup_first_page(user_id))[0]
+
+    async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
+        # The MGET that fetches the entry fetches the version too: a miss needs no second trip.
+        payload, token = await self._lookup(user_id, "p", policy.FAVORITES_PAGE)
         if payload is None:
-            return None
+            return None, token
         page = FirstPage.decode(user_id, payload)
         self._on_lookup(policy.FAVORITES_PAGE, "miss" if page is None else "hit")
-        return page
+        return page, token
 
     async def get_count(self, user_id: UUID) -> int | None:
         payload = await self._get(user_id, "c", policy.FAVORITES_COUNT)
@@ -125,20 +129,25 @@ class RedisFavoritesCache(_RedisCache):
         await self._bump_version(f"{self._user(user_id)}:v", policy.USER_VERSION_TTL)
 
     async def _get(self, user_id: UUID, kind: str, cache_name: str) -> bytes | None:
-        """The entry's payload if it is current; records the miss/error (the caller the hit)."""
+        return (await self._lookup(user_id, kind, cache_name))[0]
+
+    async def _lookup(self, user_id: UUID, kind: str, cache_name: str) -> tuple[bytes | None, int]:
+        """The entry's payload if it is current, and the version token a load would be stored
+        under; records the miss/error (the caller the hit)."""
         gate = self._gate
         if not gate.usable:
             self._on_lookup(cache_name, "error")
-            return None
+            return None, gate.bypass_token()
         base = self._user(user_id)
-        values = await self._mget([f"{base}:{gate.epoch.current}:{kind}", f"{base}:v"])
+        epoch = gate.epoch.current
+        values = await self._mget([f"{base}:{epoch}:{kind}", f"{base}:v"])
         if values is None:
             self._on_lookup(cache_name, "error")
-            return None
+            return None, gate.bypass_token()
         payload = codec.untag(values[0], values[1])
         if payload is None:
             self._on_lookup(cache_name, "miss")
-        return payload
+        return payload, codec.make_token(epoch, values[1])
 
 
 class RedisProductCache(_RedisCache):
