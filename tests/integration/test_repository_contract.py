@@ -13,6 +13,7 @@ from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from favorites.domain.models import AuditAction, AuditEntry, Favorite
+from favorites.domain.pages import FirstPage
 from favorites.service_layer.ports import RefreshTokenRecord
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -68,6 +69,28 @@ async def test_page_orders_newest_first_with_product_tiebreak(uow: SqlUnitOfWork
         last = first_two[-1]
         rest = await work.favorites.page(owner, 10, (last.created_at, last.product_id))
     assert [f.product_id for f in first_two + rest] == [f.product_id for f in full]
+
+
+async def test_first_page_is_rendered_exactly_like_the_page_objects(
+    uow: SqlUnitOfWorkFactory,
+) -> None:
+    """On PostgreSQL the database renders the first page's JSON: byte for byte what orjson makes
+    of the objects, for times with and without microseconds, before 1970, and ties."""
+    owner = uuid.uuid4()
+    ties = sorted(uuid.uuid4() for _ in range(2))
+    times = [T0 + timedelta(microseconds=1), T0, T0 - timedelta(microseconds=999_999),
+             datetime(1969, 12, 31, 23, 59, 59, 5, UTC), datetime(2026, 1, 2, 3, 4, 5, 120000, UTC)]
+    await _add(uow, *[Favorite(owner, uuid.uuid4(), at) for at in times],
+               *[Favorite(owner, p, T0 + timedelta(days=1)) for p in ties])
+    async with uow(readonly=True) as work:
+        for limit in (1, 3, 7, 51):
+            objects = await work.favorites.page(owner, limit, None)
+            first = await work.favorites.first_page(owner, limit)
+            assert first.payload == FirstPage.of(owner, objects).payload
+            assert first.favorites(limit) == objects
+        empty = await work.favorites.first_page(uuid.uuid4(), 51)
+    assert len(empty) == 0
+    assert empty.rendered(51) == b""
 
 
 async def test_counts_and_contains(uow: SqlUnitOfWorkFactory) -> None:

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from favorites.adapters.cache.null import NullFavoritesCache
 from favorites.domain.models import AuditEntry, Favorite
+from favorites.domain.pages import FirstPage
 from favorites.service_layer.ports import RefreshTokenRecord
 
 
@@ -58,6 +59,9 @@ class FakeFavorites:
             rows = [f for f in rows if f.created_at < at or
                     (f.created_at == at and f.product_id > product)]
         return rows[:limit]
+
+    async def first_page(self, user_id: UUID, limit: int) -> FirstPage:
+        return FirstPage.of(user_id, await self.page(user_id, limit, None))
 
     async def count_for_user(self, user_id: UUID) -> int:
         return sum(1 for u, _ in self.s.favorites if u == user_id)

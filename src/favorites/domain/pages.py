@@ -64,7 +64,15 @@ class FirstPage:
     def of(cls, user_id: UUID, items: Sequence[Favorite]) -> FirstPage:
         if len(items) > _MAX_ITEMS:
             raise ValueError("a first page holds at most 65535 favorites")
-        body = render_items(items)  # one orjson call; then find where each item ends
+        page = cls.rendered_as(user_id, render_items(items))  # one orjson call for the page
+        if len(page) != len(items):
+            raise ValueError("a rendered favorite contains '},{'")
+        return page
+
+    @classmethod
+    def rendered_as(cls, user_id: UUID, body: bytes) -> FirstPage:
+        """A page from its items' JSON array elements, rendered exactly as ``render_items``
+        renders them (by us, or by the database: see ``SqlFavoritesRepository.first_page``)."""
         if len(body) > 0xFFFF:
             raise ValueError("a first page's JSON must fit in 64 KiB")
         ends: list[int] = []
@@ -72,12 +80,12 @@ class FirstPage:
         while at >= 0:
             ends.append(at + 1)
             at = body.find(b"},{", at + 2)
-        if items:
+        if body:
             ends.append(len(body))
-        if len(ends) != len(items):
-            raise ValueError("a rendered favorite contains '},{'")
-        header = FORMAT + _COUNT.pack(len(items)) + struct.pack(f"<{len(ends)}H", *ends)
-        return cls(user_id, header + body, len(items), tuple(ends))
+        if len(ends) > _MAX_ITEMS:
+            raise ValueError("a first page holds at most 65535 favorites")
+        header = FORMAT + _COUNT.pack(len(ends)) + struct.pack(f"<{len(ends)}H", *ends)
+        return cls(user_id, header + body, len(ends), tuple(ends))
 
     @classmethod
     def decode(cls, user_id: UUID, payload: bytes) -> FirstPage | None:

@@ -148,8 +148,7 @@ class FavoritesService:
         """The full first page (the cache serves any ``limit`` from it), stored under ``version``
         (taken before the load, so a write committed meanwhile makes the store a no-op)."""
         async with self._uow(readonly=True, user_id=user_id) as uow:
-            items = await uow.favorites.page(user_id, MAX_PAGE + 1, None)
-        first = FirstPage.of(user_id, items)
+            first = await uow.favorites.first_page(user_id, MAX_PAGE + 1)
         await self._cache.set_first_page(user_id, first, version)
         return first
 

@@ -29,6 +29,9 @@ class FavoritesRepository(Protocol):
     ) -> list[Favorite]:
         """Newest first, ties broken by product id; ``after`` is the last item already seen."""
 
+    async def first_page(self, user_id: UUID, limit: int) -> FirstPage:
+        """``page(user_id, limit, None)`` as a ``FirstPage``, ready to cache and serve."""
+
     async def count_for_user(self, user_id: UUID) -> int: ...
 
     async def contains(self, user_id: UUID, product_ids: Sequence[UUID]) -> set[UUID]: ...

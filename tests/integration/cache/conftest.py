@@ -106,6 +106,11 @@ class _Favorites:
         await self._probe.loaded("page")
         return result
 
+    async def first_page(self, *args: Any) -> Any:
+        result = await self._inner.first_page(*args)
+        await self._probe.loaded("page")
+        return result
+
     async def count_for_user(self, user_id: uuid.UUID) -> int:
         result: int = await self._inner.count_for_user(user_id)
         await self._probe.loaded("count")

@@ -64,6 +64,20 @@ async def test_first_page_walks_the_keyset_index_without_sorting(
     print("first page plan:", describe(plan))
 
 
+async def test_rendered_first_page_reads_the_keyset_index_without_sorting_the_table(
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+) -> None:
+    """The first page as the database renders it (what a cache miss runs): the same Limit over
+    the keyset index inside, and only its 51 rows ordered again for the aggregate."""
+    owner = populated[1][42]
+    async with engine.connect() as conn:
+        plan = await explain(conn, lambda repo: repo.first_page(owner, PER_USER + 1))
+    assert plan["Node Type"] == "Aggregate", describe(plan)
+    limit = next(n for n in nodes(plan) if n["Node Type"] == "Limit")
+    assert_keyset_plan(limit, {"ix_favorites_user_created"})
+    print("rendered first page plan:", describe(plan))
+
+
 async def test_cursor_page_walks_the_keyset_index_without_sorting(
     engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
 ) -> None:
