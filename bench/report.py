@@ -33,6 +33,18 @@ def latency_summary(latencies_s: list[float]) -> dict[str, float]:
     return out
 
 
+def during(rec: Recorder, start: float, end: float) -> dict[str, Any]:
+    """Latency and errors of the requests due in ``[start, end)`` seconds of the step (e.g. while
+    Redis was stopped), and of the same length of time right after it (the recovery)."""
+    def summary(lo: float, hi: float) -> dict[str, Any]:
+        picked = [(lat, status) for due, lat, status in zip(rec.due, rec.latency, rec.status,
+                                                              strict=True) if lo <= due < hi]
+        return {"window_s": [lo, hi],
+                "errors": sum(1 for _, status in picked if not 200 <= status < 300),
+                "latency": latency_summary([lat for lat, _ in picked])}
+    return {"during": summary(start, end), "after": summary(end, 2 * end - start)}
+
+
 def status_name(status: int) -> str:
     return PSEUDO_STATUS.get(status, str(status))
 
@@ -154,6 +166,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right", ncol=5, fontsize=8)
+    outage = result.get("redis_outage")
+    if outage:
+        lo, hi = outage["during"]["window_s"]
+        for each in axes:
+            each.axvspan(lo, hi, color="orange", alpha=0.15, label="_Redis stopped")
+        axes[0].text(lo, 0.98, " Redis stopped", transform=axes[0].get_xaxis_transform(),
+                     va="top", fontsize=8)
     axes[-1].set_xlabel("seconds since t0 (latency by due time)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -215,6 +234,15 @@ def headline(result: dict[str, Any]) -> list[str]:
         lines.append(f"  {kind:<9} n={kl['count']:<7,} p50 {_fmt(kl.get('p50_ms'))}  "
                      f"p95 {_fmt(kl.get('p95_ms'))}  p99 {_fmt(kl.get('p99_ms'))}  "
                      f"max {_fmt(kl.get('max_ms'))}")
+    outage = result.get("redis_outage")
+    if outage:
+        for phase in ("during", "after"):
+            part = outage[phase]
+            lo, hi = part["window_s"]
+            pl = part["latency"]
+            lines.append(f"Redis stopped {lo:g}-{hi:g} s, {phase}: {pl.get('count', 0):,} requests,"
+                         f" {part['errors']} errors, p50 {_fmt(pl.get('p50_ms'))}  p99 "
+                         f"{_fmt(pl.get('p99_ms'))}  max {_fmt(pl.get('max_ms'))}")
     if s["errors_by_kind"]:
         lines.append("errors: " + ", ".join(f"{k} x{v}" for k, v in s["errors_by_kind"].items()))
     if r:

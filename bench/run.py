@@ -114,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-quiet", type=float, default=60.0, metavar="SECONDS",
                    help="before starting, wait up to this long (default 60) for the machine's "
                         "other CPU use to drop under --quiet-threshold; 0: just measure it")
+    p.add_argument("--redis-outage", type=_floats, default=None, metavar="START,END",
+                   help="stop the Redis server of FAVORITES_REDIS_URL (SIGSTOP: it hangs, like "
+                        "a frozen host) from START to END seconds into each measured step, then "
+                        "resume it (SIGCONT); the result gets latency during and after")
     p.add_argument("--quiet-threshold", type=float, default=30.0,
                    help="%% of one core other processes may use for the machine to count as quiet")
     return p
@@ -494,10 +498,21 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
             log_start = server.log_size()
             started_at = datetime.now(UTC)
             sampler.start()
-            if args.mode == "open":
-                rec = await open_loop(pool, workload, load, duration)
-            else:
-                rec = await closed_loop(pool, workload, int(load), duration, args.max_requests)
+            outage = None
+            if args.redis_outage:
+                outage = asyncio.create_task(redis_outage(redis_pid(
+                    os.environ["FAVORITES_REDIS_URL"]), *args.redis_outage))
+            try:
+                if args.mode == "open":
+                    rec = await open_loop(pool, workload, load, duration)
+                else:
+                    rec = await closed_loop(pool, workload, int(load), duration,
+                                            args.max_requests)
+            finally:
+                if outage is not None:
+                    outage.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await outage
             resources = await sampler.stop()
             gc.unfreeze()
             log_bytes = server.log_size() - log_start
@@ -535,6 +550,10 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
                 "bytes_per_request": round(log_bytes / n, 1),
                 "problems": server.log_problems(log_start),
             }
+            if args.redis_outage:
+                start, end = args.redis_outage
+                result["redis_outage"] = {"signal": "SIGSTOP then SIGCONT",
+                                          **report.during(rec, start, end)}
             if summary["errors"]:
                 result["server_log"]["tail"] = server.log_tail(20).splitlines()
             stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
@@ -547,6 +566,33 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
     finally:
         await pool.close()
     return results
+
+
+def redis_pid(url: str) -> int:
+    """The pid of the (loopback) Redis server behind ``url``, to stop and resume it."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    host = client.connection_pool.connection_kwargs.get("host", "127.0.0.1")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit("bench: --redis-outage only stops a Redis on this machine")
+    return int(info["process_id"])
+
+
+async def redis_outage(pid: int, start: float, end: float) -> None:
+    """SIGSTOP ``pid`` at ``start`` s, SIGCONT at ``end`` s; always resumes it if cancelled."""
+    try:
+        await asyncio.sleep(start)
+        os.kill(pid, signal.SIGSTOP)
+        print(f"  Redis (pid {pid}) stopped at {start:g} s")
+        await asyncio.sleep(end - start)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    print(f"  Redis resumed at {end:g} s")
 
 
 def _rel(path: Path) -> str:
