@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import random
+import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +70,26 @@ def wait_until_ready(base: str, process: subprocess.Popen[bytes] | subprocess.Po
         assert process.poll() is None, log.read_text()
         time.sleep(0.2)
     pytest.fail("server did not become ready:\n" + log.read_text())
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on (or holds) ``port`` of 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(ports: range, *, avoid: Collection[int] = (), shuffle: bool = False) -> int:
+    """A free port of ``ports``. Each suite that starts servers has its own range, so fixtures
+    of different suites never race for a port; ``shuffle`` makes two concurrent runs of the same
+    suite unlikely to pick the same one."""
+    candidates = list(ports)
+    if shuffle:
+        random.shuffle(candidates)
+    for port in candidates:
+        if port not in avoid and port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")

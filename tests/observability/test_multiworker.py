@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,27 +22,11 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import JWT_SECRET, SERVICE_KEY
-from tests.helpers import token, wait_until_ready
+from tests.helpers import free_port, token, wait_until_ready
 
 BIN = Path(sys.executable).parent
 PORTS = range(18100, 18200)
 LIVE_REQUESTS = 120
-
-
-def free_port(avoid: tuple[int, ...] = ()) -> int:
-    """A free port in the range these tests may use (18100-18199, loopback)."""
-    candidates = list(PORTS)
-    random.shuffle(candidates)
-    for port in candidates:
-        if port in avoid:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18100-18199")
 
 
 @dataclass
@@ -77,8 +59,8 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def _serve(tmp: Path, workers: int = 2, **extra: str) -> Iterator[Server]:
-    port = free_port()
-    admin_port = free_port(avoid=(port,))
+    port = free_port(PORTS, shuffle=True)
+    admin_port = free_port(PORTS, avoid=(port,), shuffle=True)
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir()
     stale = metrics_dir / "counter_1.db"  # a previous run's counts must not be added in

@@ -8,27 +8,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests import helpers
 
 PORTS = range(18400, 18500)
 
 
 def free_port(taken: set[int] | None = None) -> int:
-    for port in PORTS:
-        if taken and port in taken:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if taken is not None:
-            taken.add(port)
-        return port
-    raise RuntimeError("no free port in 18400-18499")
+    """A free port of this suite's range; with ``taken``, also not in it, and then added to it."""
+    port = helpers.free_port(PORTS, avoid=taken or ())
+    if taken is not None:
+        taken.add(port)
+    return port
 
 
 def _cli(port: int, *args: str, timeout: float = 5) -> str:

@@ -9,7 +9,6 @@ records every request it receives so tests can tell whether a call reached it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +21,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from tests import helpers
 
 PORTS = range(18600, 18700)
 OVERSIZED = 300 * 1024
@@ -48,14 +49,7 @@ class Seen:
 
 
 def free_port() -> int:
-    for port in PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18600-18699")
+    return helpers.free_port(PORTS)
 
 
 class FakeProductService:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-import socket
 import uuid
 
 from favorites.domain.models import Principal, PrincipalKind
+from tests.helpers import port_is_free
 
 #: The ports these tests may use for servers they start (and for "nothing listens here").
 PORTS = range(18500, 18600)
@@ -19,19 +19,10 @@ def user(user_id: uuid.UUID | None = None) -> Principal:
                      token_expires_at=2_000_000_000)
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_ports(count: int) -> list[int]:
     """``count`` ports of 18500-18589 on 127.0.0.1 that nothing listens on right now, picked at
     random so that two test runs at the same time are unlikely to pick the same ones."""
-    found = [port for port in PORTS[:90] if _free(port)]
+    found = [port for port in PORTS[:90] if port_is_free(port)]
     if len(found) < count:
         raise RuntimeError("not enough free ports in 18500-18589")
     return random.sample(found, count)
@@ -39,4 +30,4 @@ def free_ports(count: int) -> list[int]:
 
 def closed_port() -> int:
     """A port (18590-18599) with no listener: connections to it are refused at once."""
-    return next(port for port in reversed(PORTS) if _free(port))
+    return next(port for port in reversed(PORTS) if port_is_free(port))
