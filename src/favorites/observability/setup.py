@@ -16,6 +16,7 @@ from favorites.config import Settings
 from favorites.observability import exposition, logs, multiproc, tracing
 from favorites.observability.active_users import tracker
 from favorites.observability.operations import instrument_services
+from favorites.tasks import cancel_and_wait
 
 log = logging.getLogger("favorites.observability")
 
@@ -59,9 +60,7 @@ class Observability:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         logs.flush_logs()
         if self.multiprocess_dir is not None:

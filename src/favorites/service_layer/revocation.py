@@ -9,13 +9,13 @@ list is stale and every token check fails closed (503): revocation never fails o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import datetime, timedelta
 
 from favorites.domain.errors import DependencyUnavailable
 from favorites.service_layer.ports import Clock, UnitOfWorkFactory
+from favorites.tasks import cancel_and_wait
 
 log = logging.getLogger("favorites.revocation")
 
@@ -71,11 +71,8 @@ class RevocationList:
         self._task = asyncio.create_task(self._run(), name="revocation-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from favorites.tasks import cancel_and_wait
+
 log = logging.getLogger("favorites.cache")
 
 
@@ -119,11 +121,8 @@ class CacheEpoch:
         self._task = asyncio.create_task(self._run(), name="cache-epoch-sync")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for round_ in (self._pending_round, self._running_round):
             if round_ is not None and not round_.done():
                 await asyncio.wait([round_], timeout=5)

@@ -44,6 +44,7 @@ from redis.backoff import NoBackoff
 
 from favorites.adapters.ratelimit.memory import InProcessRateLimiter
 from favorites.adapters.ratelimit.port import Decision, RateLimit, Scope
+from favorites.tasks import cancel_and_wait
 
 log = logging.getLogger("favorites.ratelimit")
 
@@ -267,11 +268,8 @@ class RedisRateLimiter:
         return "ok"
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await cancel_and_wait(self._flusher)
+        self._flusher = None
         with contextlib.suppress(*self._errors):
             await self.flush()
         bridge = self._storage.bridge
