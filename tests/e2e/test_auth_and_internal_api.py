@@ -157,3 +157,15 @@ async def test_openapi_is_generated_from_the_code(client: httpx.AsyncClient) -> 
     assert set(paths["/v1/users/{user_id}/favorites/{product_id}"]) == {"put", "delete", "get"}
     assert "/internal/v1/users/{user_id}" in paths
     assert "/v1/auth/tokens" in paths
+    # The hot endpoints read their parameters from the request; the schema still lists each one
+    # of every templated path, once.
+    for path, operations in paths.items():
+        templated = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+        for method, operation in operations.items():
+            names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
+            assert sorted(names) == sorted(templated), (method, path)
+    listing = paths["/v1/users/{user_id}/favorites"]["get"]["parameters"]
+    assert {(p["name"], p["in"], p["required"]) for p in listing} == {
+        ("user_id", "path", True), ("limit", "query", False), ("cursor", "query", False)}
+    contains = paths["/v1/users/{user_id}/favorites/contains"]["get"]["parameters"]
+    assert ("product_ids", "query", True) in {(p["name"], p["in"], p["required"]) for p in contains}
