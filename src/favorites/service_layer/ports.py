@@ -140,11 +140,9 @@ class Catalog(Protocol):
 class FavoritesCache(Protocol):
     """Cache-aside for a user's first page and count. Every method is best effort."""
 
-    async def get_first_page(self, user_id: UUID) -> FirstPage | None: ...
-
     async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
-        """The cached page, or None and the ``version`` token to store a load under, in one
-        round trip where ``get_first_page`` then ``version`` take two."""
+        """The cached page, or None and the ``version`` token to store a load under: one round
+        trip on a miss, where a lookup then ``version`` would take two."""
 
     async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None: ...
 

@@ -26,9 +26,9 @@ async def test_a_stored_first_page_is_served_exactly(instance: Instance) -> None
     cache = instance.caches.favorites
     user_id = uuid.uuid4()
     items = favorites_of(user_id, 51)
-    assert await cache.get_first_page(user_id) is None
+    assert (await cache.lookup_first_page(user_id))[0] is None
     await cache.set_first_page(user_id, FirstPage.of(user_id, items), await cache.version(user_id))
-    page = await cache.get_first_page(user_id)
+    page = (await cache.lookup_first_page(user_id))[0]
     assert page is not None
     assert page.favorites(51) == items
     assert page.favorites(3) == items[:3]
@@ -39,7 +39,7 @@ async def test_a_stored_first_page_is_served_exactly(instance: Instance) -> None
     empty_user = uuid.uuid4()
     await cache.set_first_page(empty_user, FirstPage.of(empty_user, []),
                                await cache.version(empty_user))
-    empty = await cache.get_first_page(empty_user)
+    empty = (await cache.lookup_first_page(empty_user))[0]
     assert empty is not None
     assert empty.favorites(51) == []
 
@@ -66,15 +66,15 @@ async def test_invalidation_drops_entries_and_refuses_loads_that_began_before_it
         await cache.set_count(who, 2, await cache.version(who))
     before = await cache.version(user_id)  # a reader took this, then loaded from the database
     await cache.invalidate_user(user_id)  # ... while a write committed
-    assert await cache.get_first_page(user_id) is None
+    assert (await cache.lookup_first_page(user_id))[0] is None
     assert await cache.get_count(user_id) is None
     await cache.set_first_page(user_id, FirstPage.of(user_id, favorites_of(user_id, 2)), before)
     await cache.set_count(user_id, 2, before)
-    assert await cache.get_first_page(user_id) is None, "a pre-write load was stored"
+    assert (await cache.lookup_first_page(user_id))[0] is None, "a pre-write load was stored"
     assert await cache.get_count(user_id) is None
     # Other users are untouched.
     assert await cache.get_count(other) == 2
-    assert await cache.get_first_page(other) is not None
+    assert (await cache.lookup_first_page(other))[0] is not None
 
 
 async def test_a_lookup_miss_hands_out_the_version_to_store_the_load_under(
@@ -104,7 +104,7 @@ async def test_lookups_are_reported_by_cache_name(instance: Instance) -> None:
     await cache.get_count(user_id)
     await cache.set_count(user_id, 1, await cache.version(user_id))
     await cache.get_count(user_id)
-    await cache.get_first_page(user_id)
+    (await cache.lookup_first_page(user_id))[0]
     assert instance.lookups[policy.FAVORITES_COUNT, "miss"] == 1
     assert instance.lookups[policy.FAVORITES_COUNT, "hit"] == 1
     assert instance.lookups[policy.FAVORITES_PAGE, "miss"] == 1

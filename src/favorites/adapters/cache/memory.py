@@ -96,13 +96,9 @@ class InProcessFavoritesCache:
         self._counts: Entries[UUID, int] = Entries(max_counts, clock)
         self._on_lookup = on_lookup
 
-    async def get_first_page(self, user_id: UUID) -> FirstPage | None:
+    async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
         page = self._pages.get(user_id)
         self._on_lookup(policy.FAVORITES_PAGE, "miss" if page is None else "hit")
-        return page
-
-    async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
-        page = await self.get_first_page(user_id)
         return page, self._versions.token(user_id)
 
     async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None:

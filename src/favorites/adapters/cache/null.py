@@ -12,9 +12,6 @@ class NullFavoritesCache:
     def __init__(self) -> None:
         self._tokens = itertools.count(1)
 
-    async def get_first_page(self, user_id: UUID) -> FirstPage | None:
-        return None
-
     async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
         return None, await self.version(user_id)
 

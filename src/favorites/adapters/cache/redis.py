@@ -95,9 +95,6 @@ class RedisFavoritesCache(_RedisCache):
     def _user(self, user_id: UUID) -> str:
         return f"{self._prefix}:{{u:{user_id}}}"
 
-    async def get_first_page(self, user_id: UUID) -> FirstPage | None:
-        return (await self.lookup_first_page(user_id))[0]
-
     async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
         # The MGET that fetches the entry fetches the version too: a miss needs no second trip.
         payload, token = await self._lookup(user_id, "p", policy.FAVORITES_PAGE)
