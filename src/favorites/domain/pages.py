@@ -8,7 +8,7 @@ are decoded only when something other than the HTTP answer needs them (tests, a 
 
 Encoded entry (``payload``): format byte ``\\x02``, item count ``n`` (uint16), ``n`` fragment end
 offsets (uint16, little-endian, each counting the commas between fragments), then the fragments
-joined by ``,``. A full page of 51 favorites is about 4.6 KiB. Blue and green versions share
+joined by ``,``. A full page of 51 favorites is about 4.9 KiB. Blue and green versions share
 Redis: a payload in a format this version does not know decodes to ``None`` (a miss, then
 overwritten), never to an error.
 """
