@@ -23,6 +23,7 @@ from favorites.adapters.db.recent_writers import (
     RedisRecentWriters,
 )
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
+from favorites.adapters.flags import FlagsFileError, OpenFeatureFlags, check_flags_file
 from favorites.adapters.ratelimit import (
     ADDRESS,
     SERVICE,
@@ -34,7 +35,7 @@ from favorites.adapters.ratelimit import (
     build_storage,
 )
 from favorites.adapters.tokens.jwt import JwtCodec
-from favorites.config import ServiceClient, Settings
+from favorites.config import ConfigError, ServiceClient, Settings
 from favorites.domain.cursor import CursorCodec
 from favorites.observability.db import instrument_engine
 from favorites.observability.metrics import record_cache_request, set_circuit_breaker_state
@@ -63,6 +64,8 @@ class Container:
     users: UsersService
     service_clients: tuple[ServiceClient, ...]
     rate_limiter: RateLimiter
+    #: Feature flags (FAVORITES_FLAGS_FILE; every flag at its default without one).
+    flags: OpenFeatureFlags = field(default_factory=lambda: OpenFeatureFlags(None))
     draining: bool = False
     #: The unit-of-work factory: primary + replica engines (``database.replicas``) and routing.
     database: SqlUnitOfWorkFactory | None = None
@@ -79,8 +82,11 @@ class Container:
             self.readiness_probes.setdefault("product_service", self.http_catalog.readiness)
         if self.caches is not None and self.caches.readiness is not None:
             self.readiness_probes.setdefault("cache", self.caches.readiness)
+        if self.settings.flags_file is not None:
+            self.readiness_probes.setdefault("flags", self.flags.readiness)
 
     async def start(self) -> None:
+        self.flags.start()
         if self.database is not None:
             await self.database.warm()  # the pools' minimum of connections, before traffic
         await self.revocations.start()
@@ -102,6 +108,7 @@ class Container:
         if self.http_catalog is not None:
             await self.http_catalog.aclose()
         await self.rate_limiter.close()
+        self.flags.close()
         if self.caches is not None:
             await self.caches.close()  # after the tasks: a product purge invalidates caches
         if self.database is not None:
@@ -169,6 +176,22 @@ def build_database(settings: Settings, primary: AsyncEngine,
                                 pool_minimum=settings.database_pool_min)
 
 
+def build_flags(settings: Settings) -> OpenFeatureFlags:
+    try:
+        return OpenFeatureFlags(settings.flags_file)
+    except FlagsFileError as exc:
+        raise ConfigError(f"FAVORITES_FLAGS_FILE: {exc}") from None
+
+
+def check_flags(settings: Settings) -> None:
+    """Raise ConfigError when FAVORITES_FLAGS_FILE is set but unusable."""
+    if settings.flags_file is not None:
+        try:
+            check_flags_file(settings.flags_file)
+        except FlagsFileError as exc:
+            raise ConfigError(f"FAVORITES_FLAGS_FILE: {exc}") from None
+
+
 def _product_service_state(_old: BreakerState, new: BreakerState) -> None:
     set_circuit_breaker_state("product_service", new.value)
 
@@ -212,6 +235,7 @@ def build(settings: Settings, defaults: embedded.EmbeddedDefaults | None = None)
     root = root_secret(settings, defaults)
     revocations = RevocationList(uow.on_primary(), clock)  # a lagging replica would fail open
     rate_limiter = build_rate_limiter(settings)
+    flags = build_flags(settings)
     return Container(
         settings=settings,
         database_url=defaults.database_url,
@@ -221,7 +245,7 @@ def build(settings: Settings, defaults: embedded.EmbeddedDefaults | None = None)
         revocations=revocations,
         favorites=FavoritesService(
             uow, catalog, cache, CursorCodec(embedded.derive_key(root, "cursor")), clock,
-            settings.max_favorites_per_user,
+            settings.max_favorites_per_user, flags,
         ),
         products=ProductsService(uow, catalog, cache, clock,
                                  catalog_is_local=http_catalog is None),
@@ -232,5 +256,6 @@ def build(settings: Settings, defaults: embedded.EmbeddedDefaults | None = None)
         http_catalog=http_catalog,
         caches=caches,
         rate_limiter=rate_limiter,
+        flags=flags,
         readiness_probes={"rate_limiter": rate_limiter.readiness} if settings.redis_url else {},
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from favorites.adapters.flags import OpenFeatureFlags
 from favorites.config import ENV_PREFIX, SECRET_FIELDS, Settings
+from favorites.domain.flags import ENABLE_FAVORITES_V2
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -89,3 +92,19 @@ def test_flag_rollout_starts_at_one_percent() -> None:
     assert flag["defaultVariant"] == "off"
     weights = dict(flag["targeting"]["fractional"][1:])
     assert weights == {"on": 1, "off": 99}
+
+
+def test_the_shipped_flag_file_loads_and_enables_about_one_percent(tmp_path: Path) -> None:
+    """Through the service's own loader and evaluator, as a pod reads the mounted file."""
+    configmaps = {d["metadata"]["name"]: d for d in _docs("configmap.yaml")}
+    path = tmp_path / "flags.json"
+    path.write_text(configmaps["favorites-flags"]["data"]["flags.json"])
+    assert configmaps["favorites-config"]["data"]["FAVORITES_FLAGS_FILE"].endswith("/flags.json")
+    flags = OpenFeatureFlags(path)
+    flags.start()
+    try:
+        users = [uuid.UUID(int=n * 104_729 + 3) for n in range(10_000)]
+        enabled = sum(flags.enabled(ENABLE_FAVORITES_V2, user) for user in users)
+    finally:
+        flags.close()
+    assert 60 <= enabled <= 140, enabled  # 1 % of 10,000: 100 expected, ±4 standard deviations

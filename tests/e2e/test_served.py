@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.flagfiles import rollout, write
 from tests.helpers import wait_until_ready
 
 BIN = Path(sys.executable).parent
@@ -127,6 +128,7 @@ def test_products_import_from_stdin(served: Served) -> None:
     ("FAVORITES_MAX_FAVORITES_PER_USER", "-3"),
     ("FAVORITES_CORS_ORIGINS", "*"),
     ("FAVORITES_SERVICE_CLIENTS", "[{\"name\": \"x\"}]"),
+    ("FAVORITES_FLAGS_FILE", "/nonexistent/flags.json"),
 ])
 def test_bad_configuration_stops_with_one_line_naming_the_variable(
     tmp_path: Path, name: str, value: str
@@ -175,8 +177,25 @@ def test_migrate_command_up_and_down(tmp_path: Path) -> None:
 def test_help_lists_every_command() -> None:
     result = subprocess.run([str(BIN / "favorites"), "--help"], capture_output=True, text=True,
                             check=True)
-    for command in ("serve", "migrate", "token", "products"):
+    for command in ("serve", "migrate", "token", "products", "partition", "flags"):
         assert command in result.stdout
+
+
+def test_flags_check_validates_a_file_and_shows_a_users_flags(tmp_path: Path) -> None:
+    good = write(tmp_path / "flags.json", rollout(100))
+    checked = subprocess.run([str(BIN / "favorites"), "flags", "check", str(good)],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0
+    assert "valid" in checked.stdout
+    user = subprocess.run([str(BIN / "favorites"), "flags", "check", str(good),
+                           "--user", str(uuid.uuid4())], capture_output=True, text=True,
+                          timeout=30)
+    assert user.stdout.strip() == "enable_favorites_v2: on"
+    bad = write(tmp_path / "bad.json", '{"flags": {"enable_favorites_v2": {"variants": {}}}}')
+    refused = subprocess.run([str(BIN / "favorites"), "flags", "check", str(bad)],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert "variants" in refused.stderr
 
 
 def test_sigterm_drains_readiness_before_shutting_down(tmp_path: Path) -> None:

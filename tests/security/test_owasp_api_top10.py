@@ -326,6 +326,7 @@ async def test_inventory_is_exactly_the_documented_api(client: httpx.AsyncClient
     assert paths == {
         "/v1/users/{user_id}/favorites", "/v1/users/{user_id}/favorites/count",
         "/v1/users/{user_id}/favorites/contains", "/v1/users/{user_id}/favorites/{product_id}",
+        "/v1/users/{user_id}/favorites/bulk", "/v1/users/{user_id}/favorites/export",
         "/v1/products/{product_id}/favorites/count", "/v1/auth/tokens", "/v1/auth/refresh",
         "/v1/auth/logout", "/.well-known/jwks.json", "/internal/v1/users/{user_id}",
         "/internal/v1/products/{product_id}", "/health/live", "/health/ready",

@@ -77,6 +77,12 @@ class ProductNotFound(FavoritesError):
     status, slug, title = 404, "product-not-found", "Product not found"
 
 
+class FeatureNotEnabled(FavoritesError):
+    """The endpoint is behind a feature flag (rolled out per user) that is off for this user."""
+
+    status, slug, title = 404, "feature-not-enabled", "Not enabled for this user"
+
+
 class MethodNotAllowed(FavoritesError):
     status, slug, title = 405, "method-not-allowed", "Method not allowed"
 

@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from favorites.adapters.db import migrate
     from favorites.adapters.db.engine import is_sqlite
+    from favorites.bootstrap import check_flags
     from favorites.observability.exposition import start_admin_server
     from favorites.observability.logs import uvicorn_log_config
     from favorites.observability.tracing import ratio_from_env
@@ -56,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
         ratio_from_env()
+        check_flags(settings)  # here: the workers would each fail on it with a traceback
     except ConfigError as exc:
         print(f"favorites: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -216,6 +218,30 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flags(args: argparse.Namespace) -> int:
+    """Check a flag file before it is rolled out: the pods would keep their last good flags."""
+    from favorites.adapters.flags import FlagsFileError, OpenFeatureFlags, check_flags_file
+    from favorites.domain.flags import DEFAULTS
+
+    path = Path(args.file)
+    try:
+        check_flags_file(path)
+    except FlagsFileError as exc:
+        print(f"favorites flags: {exc}", file=sys.stderr)
+        return 2
+    if args.user is None:
+        print(f"{path}: valid")
+        return 0
+    flags = OpenFeatureFlags(path)
+    flags.start()
+    try:
+        for name in DEFAULTS:
+            print(f"{name}: {'on' if flags.enabled(name, args.user) else 'off'}")
+    finally:
+        flags.close()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="favorites", description="Favorites (wishlist) microservice."
@@ -254,6 +280,14 @@ def parser() -> argparse.ArgumentParser:
     part.add_argument("--keep-old", action="store_true",
                       help="keep the old table as favorites_unpartitioned instead of dropping it")
     part.set_defaults(func=cmd_partition)
+
+    flags = sub.add_parser("flags", help="feature flags (FAVORITES_FLAGS_FILE)")
+    fsub = flags.add_subparsers(dest="action", required=True)
+    check = fsub.add_parser("check", help="validate a flag file; with --user, show that "
+                                          "user's flags under it")
+    check.add_argument("file")
+    check.add_argument("--user", type=_uuid, help="a user id: print each flag for this user")
+    flags.set_defaults(func=cmd_flags)
     return root
 
 

@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from uuid import UUID
 
 from favorites.domain import access
 from favorites.domain.cursor import CursorCodec
-from favorites.domain.errors import FavoriteNotFound, FavoritesLimitReached, ProductNotFound
+from favorites.domain.errors import (
+    FavoriteNotFound,
+    FavoritesLimitReached,
+    FeatureNotEnabled,
+    ProductNotFound,
+    ValidationFailed,
+)
+from favorites.domain.flags import DEFAULTS, ENABLE_FAVORITES_V2
 from favorites.domain.models import AuditAction, AuditEntry, Favorite, Principal
 from favorites.domain.pages import FirstPage, Page
-from favorites.service_layer.ports import Catalog, Clock, FavoritesCache, UnitOfWorkFactory
+from favorites.service_layer.ports import (
+    Catalog,
+    Clock,
+    FavoritesCache,
+    FeatureFlags,
+    UnitOfWorkFactory,
+)
 from favorites.service_layer.singleflight import SingleFlight
 
 MAX_PAGE = 50
 MAX_CONTAINS = 100
+#: Ids in one bulk change (adds and removes together). The 1 KB body limit holds about 25 UUIDs.
+MAX_BULK = 25
+#: Rows per query when exporting: a full list (10,000 by default) is ten keyset pages.
+EXPORT_BATCH = 1000
+
+
+class _Defaults:
+    """Every flag at its default: the service without a flag provider (unit tests, tools)."""
+
+    def enabled(self, flag: str, user_id: UUID) -> bool:
+        return DEFAULTS[flag]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk change did: only the ids whose state it changed."""
+
+    added: list[UUID]
+    removed: list[UUID]
 
 
 class FavoritesService:
@@ -26,8 +59,10 @@ class FavoritesService:
         cursors: CursorCodec,
         clock: Clock,
         max_per_user: int,
+        flags: FeatureFlags | None = None,
     ):
         self._uow = uow
+        self._flags: FeatureFlags = flags or _Defaults()
         self._catalog = catalog
         self._cache = cache
         self._cursors = cursors
@@ -70,6 +105,73 @@ class FavoritesService:
             await uow.commit()
         await self._cache.invalidate_user(user_id)
         return candidate, True
+
+    async def bulk(
+        self, principal: Principal, user_id: UUID, add: Sequence[UUID], remove: Sequence[UUID],
+        request_id: str | None = None,
+    ) -> BulkResult:
+        """All or nothing, in one transaction: a grid's "save all" or "clear these" is one
+        request and one audit row per change, and either every add is valid or none is made."""
+        access.ensure_can_write(principal, user_id)
+        self._ensure_v2(user_id)
+        adds, removes = list(dict.fromkeys(add)), list(dict.fromkeys(remove))
+        if not adds and not removes:
+            raise ValidationFailed("name at least one product to add or remove")
+        if len(adds) + len(removes) > MAX_BULK:
+            raise ValidationFailed(f"at most {MAX_BULK} products per request")
+        if both := set(adds) & set(removes):
+            raise ValidationFailed(f"product {min(both)} is both added and removed")
+        if adds:
+            known = await self._catalog.existing(adds)  # one batch lookup
+            unknown = [pid for pid in adds if pid not in known]
+            if unknown:
+                raise ProductNotFound(f"products do not exist: {', '.join(map(str, unknown))}")
+        now = self._clock.now()
+        result = BulkResult([], [])
+        async with self._uow(user_id=user_id) as uow:
+            await uow.favorites.lock_user(user_id)
+            for product_id in adds:
+                if await uow.favorites.insert(Favorite(user_id, product_id, now)):
+                    result.added.append(product_id)
+            for product_id in removes:
+                if await uow.favorites.delete(user_id, product_id):
+                    result.removed.append(product_id)
+            if result.added and await uow.favorites.count_for_user(user_id) > self._max_per_user:
+                raise FavoritesLimitReached(
+                    f"a user may hold at most {self._max_per_user} favorites"
+                )
+            for action, changed in ((AuditAction.FAVORITE_ADDED, result.added),
+                                    (AuditAction.FAVORITE_REMOVED, result.removed)):
+                for product_id in changed:
+                    await uow.audit.record(
+                        AuditEntry(action, principal.subject, principal.actor_type,
+                                   str(user_id), product_id, request_id),
+                        now,
+                    )
+            await uow.commit()
+        if result.added or result.removed:
+            await self._cache.invalidate_user(user_id)
+        return result
+
+    async def export(self, principal: Principal, user_id: UUID) -> list[Favorite]:
+        """Every favorite of the owner, newest first (GDPR access and portability). One read
+        transaction, so the export is one consistent snapshot; keyset pages keep each query
+        small. Routed like every read: a user who just wrote reads from the primary."""
+        access.ensure_owner(principal, user_id)
+        self._ensure_v2(user_id)
+        items: list[Favorite] = []
+        async with self._uow(readonly=True, user_id=user_id) as uow:
+            after = None
+            while True:
+                page = await uow.favorites.page(user_id, EXPORT_BATCH, after)
+                items.extend(page)
+                if len(page) < EXPORT_BATCH:
+                    return items
+                after = (page[-1].created_at, page[-1].product_id)
+
+    def _ensure_v2(self, user_id: UUID) -> None:
+        if not self._flags.enabled(ENABLE_FAVORITES_V2, user_id):
+            raise FeatureNotEnabled("this endpoint is not enabled for this user yet")
 
     async def remove(
         self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None

@@ -156,5 +156,11 @@ class FavoritesCache(Protocol):
     async def invalidate_user(self, user_id: UUID) -> None: ...
 
 
+class FeatureFlags(Protocol):
+    def enabled(self, flag: str, user_id: UUID) -> bool:
+        """Sticky per user: one user gets one answer on every instance, and a user inside a
+        rollout stays inside as its percentage grows."""
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...

@@ -38,6 +38,12 @@ async def read_json(request: Request, model: type[Model]) -> Model:
         raise ValidationFailed(describe(exc)) from None
 
 
+def with_schema(model: type[BaseModel]) -> dict[str, object]:
+    """OpenAPI ``requestBody`` for handlers that read the body themselves (``read_json``)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": model.model_json_schema()}}}}
+
+
 def describe(exc: ValidationError) -> str:
     """One line per problem, naming the field; never echoes the submitted value back."""
     parts = []

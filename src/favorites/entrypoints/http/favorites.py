@@ -8,6 +8,7 @@ the first thing each handler does, and every value goes through the same parsers
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,11 +20,15 @@ from favorites.domain.ids import parse_uuid
 from favorites.domain.models import Principal
 from favorites.domain.pages import render_page
 from favorites.entrypoints.http.auth import app_container, authenticate_user
+from favorites.entrypoints.http.body import read_json, with_schema
 from favorites.entrypoints.http.responses import JSONResponse
 from favorites.entrypoints.http.schemas import (
+    BulkRead,
+    BulkRequest,
     ContainsRead,
     CountRead,
     FavoriteRead,
+    FavoritesExport,
     FavoritesPage,
     favorite_read,
 )
@@ -106,6 +111,41 @@ async def contains_favorites(request: Request) -> Response:
     ids = [parse_uuid(raw, "product_ids") for raw in raw_ids]
     found = await app_container(request).favorites.contains(principal, owner, ids)
     return JSONResponse({"product_ids": [str(pid) for pid in found]})
+
+
+@router.post("/v1/users/{user_id}/favorites/bulk", response_model=BulkRead,
+             summary="Add and remove several favorites at once, all or nothing "
+                     "(enable_favorites_v2)",
+             openapi_extra={**documented(USER_ID), **with_schema(BulkRequest)})
+async def bulk_favorites(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    owner = _user(principal, request)
+    body = await read_json(request, BulkRequest)
+    result = await app_container(request).favorites.bulk(
+        principal, owner,
+        [parse_uuid(raw, "add") for raw in body.add],
+        [parse_uuid(raw, "remove") for raw in body.remove],
+        request.state.request_id,
+    )
+    return JSONResponse({"added": result.added, "removed": result.removed})
+
+
+@router.get("/v1/users/{user_id}/favorites/export", response_model=FavoritesExport,
+            summary="Every favorite of the user as one JSON document (GDPR access and "
+                    "portability; enable_favorites_v2)",
+            openapi_extra=documented(USER_ID))
+async def export_favorites(request: Request) -> Response:
+    principal = await authenticate_user(request)
+    owner = _user(principal, request)
+    items = await app_container(request).favorites.export(principal, owner)
+    document = {
+        "user_id": owner,
+        "exported_at": datetime.now(UTC),
+        "count": len(items),
+        "items": [{"product_id": f.product_id, "created_at": f.created_at} for f in items],
+    }
+    return JSONResponse(document, headers={
+        "Content-Disposition": f'attachment; filename="favorites-{owner}.json"'})
 
 
 @router.put("/v1/users/{user_id}/favorites/{product_id}", response_model=FavoriteRead,

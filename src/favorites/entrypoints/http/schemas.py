@@ -23,6 +23,18 @@ class RefreshRequest(_Strict):
     refresh_token: str = Field(min_length=16, max_length=256)
 
 
+class BulkRequest(_Strict):
+    add: list[str] = Field(default_factory=list, max_length=25,
+                           description="Product ids to add (must exist)")
+    remove: list[str] = Field(default_factory=list, max_length=25,
+                              description="Product ids to remove")
+
+
+class BulkRead(BaseModel):
+    added: list[str] = Field(description="Ids that were not favorites before this request")
+    removed: list[str] = Field(description="Ids that were favorites before this request")
+
+
 class FavoriteItem(BaseModel):
     product_id: str
     created_at: datetime
@@ -35,6 +47,13 @@ class FavoriteRead(FavoriteItem):
 class FavoritesPage(BaseModel):
     items: list[FavoriteItem]
     next_cursor: str | None
+
+
+class FavoritesExport(BaseModel):
+    user_id: str
+    exported_at: datetime
+    count: int
+    items: list[FavoriteItem]
 
 
 class CountRead(BaseModel):

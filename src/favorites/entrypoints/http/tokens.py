@@ -11,20 +11,14 @@ from favorites.entrypoints.http.auth import (
     LimitedByAddress,
     ServiceCaller,
 )
-from favorites.entrypoints.http.body import read_json
+from favorites.entrypoints.http.body import read_json, with_schema
 from favorites.entrypoints.http.responses import JSONResponse
 from favorites.entrypoints.http.schemas import RefreshRequest, TokenPairRead, TokenRequest
 
 router = APIRouter(tags=["auth"])
 
-def _with_schema(model: type) -> dict[str, object]:
-    schema = model.model_json_schema()  # type: ignore[attr-defined]
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema}}}}
-
-
 @router.post("/v1/auth/tokens", status_code=201, response_model=TokenPairRead,
-             openapi_extra=_with_schema(TokenRequest),
+             openapi_extra=with_schema(TokenRequest),
              summary="Issue an access and refresh token for a user (service clients)")
 async def issue_tokens(request: Request, client: ServiceCaller, app: AppContainer) -> Response:
     body = await read_json(request, TokenRequest)
@@ -33,7 +27,7 @@ async def issue_tokens(request: Request, client: ServiceCaller, app: AppContaine
 
 
 @router.post("/v1/auth/refresh", response_model=TokenPairRead, dependencies=[LimitedByAddress],
-             openapi_extra=_with_schema(RefreshRequest),
+             openapi_extra=with_schema(RefreshRequest),
              summary="Trade a refresh token for a new pair (the old one is spent)")
 async def refresh_tokens(request: Request, app: AppContainer) -> Response:
     body = await read_json(request, RefreshRequest)
@@ -41,7 +35,7 @@ async def refresh_tokens(request: Request, app: AppContainer) -> Response:
     return JSONResponse(pair.as_json())
 
 
-@router.post("/v1/auth/logout", status_code=204, openapi_extra=_with_schema(RefreshRequest),
+@router.post("/v1/auth/logout", status_code=204, openapi_extra=with_schema(RefreshRequest),
              summary="Revoke the refresh family and this access token")
 async def logout(request: Request, principal: CurrentUser, app: AppContainer) -> Response:
     body = await read_json(request, RefreshRequest)
