@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from favorites.domain.errors import catalogue
 from favorites.entrypoints.http.app import create_app
 from tests.conftest import make_settings, started
 from tests.helpers import SERVICE, assert_problem, bearer, new_product, token
@@ -216,3 +218,14 @@ async def test_a_programming_error_in_sql_stays_a_500(
         body = assert_problem(response, 500, "internal-error")
         assert "no_such_column" not in response.text
         assert body["detail"].startswith("the request failed")
+
+
+def test_the_readme_lists_every_problem_type_and_no_other() -> None:
+    """Clients switch on ``type``: the documented list is the code's list."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Problem types", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        (int(status), slug)
+        for status, slug in re.findall(r"^\| (\d{3}) \| `([a-z-]+)` \|", section, re.M)
+    }
+    assert documented == {(error.status, error.slug) for error in catalogue()}

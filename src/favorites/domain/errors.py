@@ -1,7 +1,7 @@
 """The error catalogue: every failure a caller can meet, with its HTTP status and problem type.
 
 One place per fact: the HTTP layer turns these into RFC 9457 problem+json without knowing any of
-them by name, and docs/api.md is checked against this list by a test.
+them by name, and the README's table of problem types is checked against this list by a test.
 """
 
 from __future__ import annotations
