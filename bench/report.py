@@ -243,6 +243,11 @@ def headline(result: dict[str, Any]) -> list[str]:
             lines.append(f"Redis stopped {lo:g}-{hi:g} s, {phase}: {pl.get('count', 0):,} requests,"
                          f" {part['errors']} errors, p50 {_fmt(pl.get('p50_ms'))}  p99 "
                          f"{_fmt(pl.get('p99_ms'))}  max {_fmt(pl.get('max_ms'))}")
+    caches = result.get("cache")
+    if caches:
+        lines.append("cache hit ratio: " + ", ".join(
+            f"{name} {c['hit_ratio'] * 100:.1f} % of {int(c['lookups']):,}"
+            for name, c in sorted(caches.items()) if c["lookups"]))
     if s["errors_by_kind"]:
         lines.append("errors: " + ", ".join(f"{k} x{v}" for k, v in s["errors_by_kind"].items()))
     if r:

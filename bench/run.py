@@ -181,6 +181,44 @@ async def database_counters(url: str) -> dict[str, int]:
         await conn.close()
 
 
+def cache_counters(port: int) -> dict[str, float]:
+    """``cache_requests_total`` from the server's own /metrics, as ``"cache_name/result"``.
+
+    The hit ratio decides what a run measures: a list served from the cache costs a fraction of
+    one that misses, so two runs are only comparable with their ratios beside them.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return {}  # production mode serves /metrics on the admin port only
+    finally:
+        conn.close()
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "cache_requests":
+            for sample in family.samples:
+                if sample.name == "cache_requests_total":
+                    key = f"{sample.labels['cache_name']}/{sample.labels['result']}"
+                    counters[key] = counters.get(key, 0) + sample.value
+    return counters
+
+
+def hit_ratios(before: dict[str, float], after: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per cache: lookups in the step and the share that hit."""
+    delta = {key: after[key] - before.get(key, 0) for key in after}
+    caches: dict[str, dict[str, float]] = {}
+    for key, value in delta.items():
+        name, result = key.split("/", 1)
+        caches.setdefault(name, {"hit": 0, "miss": 0, "error": 0})[result] = value
+    return {name: {"lookups": sum(c.values()),
+                   "hit_ratio": round(c["hit"] / sum(c.values()), 3) if sum(c.values()) else 0.0}
+            for name, c in caches.items()}
+
+
 async def connection_budget(url: str) -> tuple[int, int]:
     """(max_connections, connections in use now) of the PostgreSQL server."""
     import asyncpg
@@ -495,6 +533,7 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
             gc.freeze()
             sampler = Sampler(server.proc.pid if server.proc else None, database)
             counters0 = await database_counters(args.database_url) if database else {}
+            cache0 = cache_counters(server.port) if database else {}
             log_start = server.log_size()
             started_at = datetime.now(UTC)
             sampler.start()
@@ -517,6 +556,7 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
             gc.unfreeze()
             log_bytes = server.log_size() - log_start
             counters1 = await database_counters(args.database_url) if database else {}
+            cache1 = cache_counters(server.port) if database else {}
             # Our own two counter reads add one session each side; the rest is the server's.
             db_delta = {k: counters1[k] - counters0.get(k, 0) for k in counters1}
             summary = report.summarize(rec, mode=args.mode,
@@ -545,6 +585,8 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
                 "sessions_per_1000_requests": round(1000 * db_delta.get("sessions", 0) / n, 2),
                 "commits_per_request": round(db_delta.get("xact_commit", 0) / n, 3),
             }
+            if cache1:
+                result["cache"] = hit_ratios(cache0, cache1)
             result["server_log"] = {
                 "bytes": log_bytes,
                 "bytes_per_request": round(log_bytes / n, 1),
