@@ -168,6 +168,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         responses=PROBLEM_RESPONSES,
+        # Our own middleware traces, counts and logs every request (observability/); FastAPI's
+        # native telemetry would add a second span per request once a tracer provider is set,
+        # and asks the OpenTelemetry providers about it on every request even when it is off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.container = container
     app.state.service_clients = ServiceClients(container.service_clients,
