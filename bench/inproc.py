@@ -98,7 +98,14 @@ async def run(args: argparse.Namespace) -> list[float]:
             queue, failures = iter(scopes), 0
             gc.collect()
             cpu, wall = time.process_time(), time.perf_counter()
-            await asyncio.gather(*(worker(queue) for _ in range(args.concurrency)))
+            workers = asyncio.gather(*(worker(queue) for _ in range(args.concurrency)))
+            try:
+                await asyncio.wait_for(asyncio.shield(workers), args.round_timeout)
+            except TimeoutError:
+                for task in asyncio.all_tasks():  # where the stuck requests wait
+                    task.print_stack(limit=12, file=sys.stderr)
+                raise SystemExit(
+                    f"round {round_} did not finish in {args.round_timeout:g} s") from None
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             if round_ == 0:
                 continue
@@ -118,6 +125,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=10_000, help="per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--round-timeout", type=float, default=120,
+                   help="a round still running after this long is a hang: print where every "
+                        "task waits and stop")
     args = p.parse_args()
     results = asyncio.run(run(args))
     # The minimum is the round least disturbed by other tenants of the machine.
