@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Final, TypeVar
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from favorites.adapters.cache.epoch import CacheEpoch
+from favorites.adapters.cache.multiplex import MultiplexedRedis
 from favorites.adapters.cache.redis_client import RedisClient
 from favorites.adapters.catalog.breaker import BreakerState, CircuitBreaker, CircuitOpen
 
@@ -59,6 +61,9 @@ class RedisGate:
         on_breaker_state: Callable[[str], None] = _ignore_state,
     ):
         self.client = client
+        #: The caches' GET/MGET/SET on one pipelined connection (single node; see ``multiplex``).
+        self.fast: MultiplexedRedis | None = (
+            MultiplexedRedis.like(client) if isinstance(client, Redis) else None)
         self.epoch = epoch
         self.deadline = deadline
         self._on_breaker_state = on_breaker_state
@@ -104,6 +109,10 @@ class RedisGate:
         if read and not self.epoch.fresh:
             return SKIPPED
         return result
+
+    async def close(self) -> None:
+        if self.fast is not None:
+            await self.fast.aclose()
 
     async def readiness(self) -> str:
         if self.breaker.state is BreakerState.OPEN:

@@ -19,7 +19,7 @@ key that expires and is set again never revalidates an old entry.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -50,17 +50,23 @@ class _RedisCache:
 
     async def _mget(self, keys: list[str]) -> list[Any] | None:
         """Values of ``keys`` (one slot per entry/version pair); None when Redis was skipped."""
-        client = self._gate.client
-        if isinstance(client, RedisCluster) and len(keys) > 2:
+        client, fast = self._gate.client, self._gate.fast
+        if fast is not None:
+            result = await self._gate.call(lambda: fast.execute("MGET", *keys), read=True)
+        elif isinstance(client, RedisCluster) and len(keys) > 2:
             result = await self._gate.call(lambda: client.mget_nonatomic(keys), read=True)
         else:
             result = await self._gate.call(lambda: client.mget(keys), read=True)
         return None if result is SKIPPED else list(result)
 
+    def _set(self, key: str, value: bytes | str, ttl_ms: int) -> Awaitable[Any]:
+        fast = self._gate.fast
+        if fast is not None:
+            return fast.execute("SET", key, value, "PX", ttl_ms)
+        return self._gate.client.set(key, value, px=ttl_ms)
+
     async def _bump_version(self, key: str, ttl: float) -> None:
-        client = self._gate.client
-        delivered = await self._gate.call(
-            lambda: client.set(key, _new_version(), px=_ms(ttl)))
+        delivered = await self._gate.call(lambda: self._set(key, _new_version(), _ms(ttl)))
         if delivered is SKIPPED:
             # Lost invalidation: an entry stored before the write may still be in Redis (and
             # Redis may come back with it): retire every entry by moving to a new epoch.
@@ -71,7 +77,10 @@ class _RedisCache:
         if not gate.usable:
             return gate.bypass_token()
         epoch = gate.epoch.current
-        version = await gate.call(lambda: gate.client.get(key), read=True)
+        fast = gate.fast
+        version = await gate.call(
+            lambda: fast.execute("GET", key) if fast is not None else gate.client.get(key),
+            read=True)
         if version is SKIPPED:
             return gate.bypass_token()
         return codec.make_token(epoch, version)
@@ -84,9 +93,8 @@ class _RedisCache:
         epoch, version = codec.split_token(token)
         if epoch != gate.epoch.current:
             return  # loaded under a retired epoch: it would never be read
-        client = gate.client
-        await gate.call(lambda: client.set(f"{base}:{epoch}:{kind}", codec.tag(version, payload),
-                                           px=_ms(policy.jittered(ttl))))
+        await gate.call(lambda: self._set(f"{base}:{epoch}:{kind}", codec.tag(version, payload),
+                                          _ms(policy.jittered(ttl))))
 
 
 class RedisFavoritesCache(_RedisCache):

@@ -60,6 +60,7 @@ class Caches:
     async def close(self) -> None:
         if self.gate is not None:
             await self.gate.epoch.stop()
+            await self.gate.close()
         if self._owned_client is not None:
             with contextlib.suppress(Exception):  # closing a dead connection may fail; no matter
                 await self._owned_client.aclose()

@@ -1,0 +1,117 @@
+"""The caches' multiplexed Redis connection, against real Redis servers (paused, killed, with a
+password). What the circuit breaker relies on: every caller gets its own reply, whatever the
+others did, and a hung or lost connection fails fast and is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from favorites.adapters.cache.multiplex import MultiplexedRedis
+from favorites.adapters.cache.redis_client import build_redis_client
+from tests.integration.cache.servers import RedisServer
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    started = RedisServer(tmp_path / "redis").start()
+    yield started
+    started.stop()
+
+
+def _client(server: RedisServer, db: int = 3, **url: str) -> MultiplexedRedis:
+    auth = f"{url['user']}:{url['password']}@" if url else ""
+    return MultiplexedRedis.like(build_redis_client(f"redis://{auth}127.0.0.1:{server.port}/{db}"))
+
+
+async def test_hundreds_of_concurrent_callers_each_get_their_own_reply(
+        server: RedisServer) -> None:
+    redis = _client(server)
+    keys = [f"k{n}" for n in range(300)]
+
+    async def round_trip(key: str) -> tuple[bytes | None, list[bytes | None]]:
+        await redis.execute("SET", key, key.upper(), "PX", 60_000)
+        return (await redis.execute("GET", key),
+                await redis.execute("MGET", key, "absent", key))
+
+    results = await asyncio.gather(*(round_trip(key) for key in keys))
+    for key, (got, many) in zip(keys, results, strict=True):
+        assert got == key.upper().encode()
+        assert many == [key.upper().encode(), None, key.upper().encode()]
+    assert server.cli("-n", "3", "GET", "k7").strip() == "K7"  # the URL's database was selected
+    await redis.aclose()
+
+
+async def test_an_error_reply_fails_only_its_own_caller(server: RedisServer) -> None:
+    redis = _client(server)
+    await redis.execute("SET", "text", "x")
+    results = await asyncio.gather(redis.execute("GET", "text"),
+                                   redis.execute("INCR", "text"),
+                                   redis.execute("GET", "text"), return_exceptions=True)
+    assert results[0] == b"x"
+    assert isinstance(results[1], ResponseError)
+    assert results[2] == b"x"
+    await redis.aclose()
+
+
+async def test_a_caller_that_gives_up_early_leaves_the_replies_in_order(
+        server: RedisServer) -> None:
+    redis = _client(server)
+    await redis.execute("SET", "first", "1")
+    await redis.execute("SET", "second", "2")
+    server.pause()
+    abandoned = asyncio.ensure_future(redis.execute("GET", "first"))
+    await asyncio.sleep(0.03)  # well under the read timeout: the connection is kept
+    abandoned.cancel()
+    waiting = asyncio.ensure_future(redis.execute("GET", "second"))
+    await asyncio.sleep(0.01)
+    server.resume()
+    assert await waiting == b"2"  # not "1", the reply of the abandoned GET
+    await redis.aclose()
+
+
+async def test_a_hung_server_fails_callers_then_the_connection_is_replaced(
+        server: RedisServer) -> None:
+    redis = _client(server)
+    await redis.execute("SET", "k", "v")
+    server.pause()
+    others = [asyncio.ensure_future(redis.execute("GET", "k")) for _ in range(5)]
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):  # past the 0.1 s read timeout: presumed hung
+            await redis.execute("GET", "k")
+    for other in others:  # closing the hung connection fails everyone still waiting on it
+        with pytest.raises(RedisConnectionError):
+            await other
+    server.resume()
+    assert await redis.execute("GET", "k") == b"v"
+    await redis.aclose()
+
+
+async def test_a_restarted_server_is_reconnected_to(server: RedisServer) -> None:
+    redis = _client(server)
+    await redis.execute("SET", "k", "v")
+    server.kill(snapshot=True)
+    with pytest.raises(RedisConnectionError):
+        await redis.execute("GET", "k")  # refused while it is down
+    server.start()
+    assert await redis.execute("GET", "k") == b"v"
+    await redis.aclose()
+
+
+async def test_credentials_from_the_url_are_used(server: RedisServer) -> None:
+    password = uuid.uuid4().hex
+    server.cli("ACL", "SETUSER", "cache", "on", f">{password}", "~*", "+@all")
+    server.cli("CONFIG", "SET", "requirepass", password)
+    redis = _client(server, db=0, user="cache", password=password)
+    await redis.execute("SET", "k", "v")
+    assert await redis.execute("GET", "k") == b"v"
+    wrong = _client(server, db=0, user="cache", password="wrong")
+    with pytest.raises(RedisConnectionError, match="cannot connect"):
+        await wrong.execute("GET", "k")
+    await redis.aclose()
