@@ -181,3 +181,27 @@ async def test_without_a_token_is_401_and_an_oversized_body_413(v2: httpx.AsyncC
     assert_problem(export, 401, "invalid-token")
     big = await _bulk(v2, uuid.uuid4(), add=[str(uuid.UUID(int=n)) for n in range(40)])
     assert_problem(big, 413, "payload-too-large")
+
+
+async def test_bulk_and_export_are_counted_and_logged_as_operations(
+        v2: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.observability.test_metrics import samples, scrape, value
+
+    owner, product = uuid.uuid4(), str(await new_product(v2))
+    before = samples(await scrape(v2))
+    capsys.readouterr()
+    await _bulk(v2, owner, add=[product])
+    await _bulk(v2, owner, add=[str(uuid.uuid4())])  # unknown product: the caller's fault
+    await v2.get("/v1/users/me/favorites/export", headers=bearer(owner))
+    logged = capsys.readouterr().out
+    after = samples(await scrape(v2))
+
+    def moved(operation: str, status: str) -> float:
+        return (value(after, "favorites_operations_total", operation=operation, status=status)
+                - value(before, "favorites_operations_total", operation=operation, status=status))
+
+    assert moved("bulk", "success") == 1
+    assert moved("bulk", "client_error") == 1
+    assert moved("export", "success") == 1
+    assert '"operation":"bulkFavorites"' in logged
+    assert '"operation":"exportFavorites"' in logged

@@ -36,8 +36,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2)
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
-OPERATIONS = ("add", "remove", "list", "get", "count", "contains", "product_count", "erase_user",
-              "register_product", "delete_product", "issue_token", "refresh_token", "logout")
+OPERATIONS = ("add", "remove", "list", "get", "count", "contains", "product_count", "bulk",
+              "export", "erase_user", "register_product", "delete_product", "issue_token",
+              "refresh_token", "logout")
 OPERATION_STATUSES = ("success", "client_error", "error")
 POOLS = ("primary", "replica")
 DB_OPERATIONS = ("select", "insert", "update", "delete", "other")

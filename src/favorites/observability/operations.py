@@ -43,6 +43,8 @@ OPERATIONS: dict[str, Operation] = {op.label: op for op in (
     Operation("count", "countFavorites", "Favorites counted"),
     Operation("contains", "containsFavorites", "Favorites checked"),
     Operation("product_count", "countProductFavorites", "Product favorites counted"),
+    Operation("bulk", "bulkFavorites", "Favorites changed in bulk"),
+    Operation("export", "exportFavorites", "Favorites exported"),
     Operation("erase_user", "eraseUser", "User erased"),
     Operation("register_product", "registerProduct", "Product registered"),
     Operation("delete_product", "deleteProduct", "Product deleted"),
@@ -55,7 +57,8 @@ assert set(OPERATIONS) == set(metrics.OPERATIONS)
 #: Container attribute -> {method name: operation label}.
 SERVICE_OPERATIONS: dict[str, dict[str, str]] = {
     "favorites": {"add": "add", "remove": "remove", "list_page": "list", "get": "get",
-                  "count": "count", "contains": "contains", "count_for_product": "product_count"},
+                  "count": "count", "contains": "contains", "count_for_product": "product_count",
+                  "bulk": "bulk", "export": "export"},
     "users": {"erase": "erase_user"},
     "products": {"register": "register_product", "delete": "delete_product"},
     "tokens": {"issue": "issue_token", "refresh": "refresh_token", "logout": "logout"},
