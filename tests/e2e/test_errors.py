@@ -229,3 +229,17 @@ def test_the_readme_lists_every_problem_type_and_no_other() -> None:
         for status, slug in re.findall(r"^\| (\d{3}) \| `([a-z-]+)` \|", section, re.M)
     }
     assert documented == {(error.status, error.slug) for error in catalogue()}
+
+
+@pytest.mark.parametrize("query", ["access_token=abc", "Token=abc", "%74oken=abc", "limit=5&KEY=1",
+                                   "x%2Dapi%2Dkey=1"])
+async def test_credentials_in_the_query_string_are_refused(client: httpx.AsyncClient,
+                                                           query: str) -> None:
+    response = await client.get(f"/v1/users/me/favorites?{query}", headers=bearer(uuid.uuid4()))
+    assert_problem(response, 400, "malformed-request")
+
+
+async def test_an_ordinary_query_string_is_not_mistaken_for_credentials(
+        client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/users/me/favorites?limit=5", headers=bearer(uuid.uuid4()))
+    assert response.status_code == 200

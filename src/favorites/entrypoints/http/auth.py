@@ -43,8 +43,14 @@ async def container(request: Request) -> Container:
 
 
 def refuse_credentials_in_query(request: Request) -> None:
-    """Credentials in a URL end up in proxy logs and browser history; refuse them outright."""
-    if request.query_params and _CREDENTIAL_PARAMS & {k.lower() for k in request.query_params}:
+    """Credentials in a URL end up in proxy logs and browser history; refuse them outright.
+
+    Every credential name contains ``key`` or ``token``: a query string with neither (and no
+    percent-escape that could spell one) is let through without being parsed, as most are."""
+    raw = request.scope.get("query_string", b"").lower()
+    if not raw or (b"key" not in raw and b"token" not in raw and b"%" not in raw):
+        return
+    if _CREDENTIAL_PARAMS & {k.lower() for k in request.query_params}:
         raise MalformedRequest("credentials are not accepted in the query string")
 
 
