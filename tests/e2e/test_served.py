@@ -217,3 +217,32 @@ def test_sigterm_drains_readiness_before_shutting_down(tmp_path: Path) -> None:
         assert served_now.process.wait(timeout=20) in (0, -signal.SIGTERM)
         assert time.monotonic() - started < 10
         assert "draining done; shutting down" in (tmp_path / "serve.log").read_text()
+
+
+def test_two_workers_serve_lists_from_redis(tmp_path: Path) -> None:
+    """The cache as production runs it: uvicorn workers on uvloop, Redis, several processes."""
+    redis_url = os.environ.get("FAVORITES_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    env = clean_env(FAVORITES_REDIS_URL=redis_url)
+    for served in _serve(tmp_path, "--workers", "2", env=env):
+        product = str(uuid.uuid4())
+        subprocess.run([str(BIN / "favorites"), "products", "add", product], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, check=True)
+        token = subprocess.run([str(BIN / "favorites"), "token", "--user", str(uuid.uuid4())],
+                               cwd=tmp_path, env=env, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=served.base, headers=auth) as http:
+            assert http.put(f"/v1/users/me/favorites/{product}").status_code == 201
+            for _ in range(10):  # spread over both workers by the kernel
+                items = http.get("/v1/users/me/favorites").json()["items"]
+                assert [i["product_id"] for i in items] == [product]
+            metrics = http.get("/metrics").text
+        hits = re.search(r'cache_requests_total\{cache_name="favorites_page",result="hit"\} (\S+)',
+                         metrics)
+        errors = re.search(
+            r'cache_requests_total\{cache_name="favorites_page",result="error"\} (\S+)', metrics)
+        assert hits is not None
+        assert errors is not None
+        assert float(hits.group(1)) >= 8  # at most one miss per worker
+        assert float(errors.group(1)) == 0
+        assert '"level":"ERROR"' not in (tmp_path / "serve.log").read_text()

@@ -115,3 +115,23 @@ async def test_credentials_from_the_url_are_used(server: RedisServer) -> None:
     with pytest.raises(RedisConnectionError, match="cannot connect"):
         await wrong.execute("GET", "k")
     await redis.aclose()
+
+
+def test_the_same_on_uvloop_which_uvicorn_serves_on(server: RedisServer) -> None:
+    """uvloop's transports are not asyncio's classes; the connection must not care."""
+    import uvloop
+
+    async def scenario() -> None:
+        redis = _client(server)
+        results = await asyncio.gather(*(redis.execute("SET", f"u{n}", n) for n in range(50)),
+                                       *(redis.execute("GET", f"u{n}") for n in range(50)))
+        assert results[50:] == [str(n).encode() for n in range(50)]
+        server.pause()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await redis.execute("GET", "u1")
+        server.resume()
+        assert await redis.execute("GET", "u1") == b"1"
+        await redis.aclose()
+
+    uvloop.run(scenario())
