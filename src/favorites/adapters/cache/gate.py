@@ -88,16 +88,21 @@ class RedisGate:
         """A version token that stores nothing and is shared by no other load."""
         return -next(self._bypass_tokens)
 
-    async def call(self, op: Callable[[], Awaitable[T]], *, read: bool = False) -> T | _Skipped:
+    async def call(self, op: Callable[[], Awaitable[T]], *, read: bool = False,
+                   bounded: bool = False) -> T | _Skipped:
         """Run ``op`` under the breaker and the deadline; SKIPPED when it did not (or, for a
-        ``read``, when the epoch must be re-read first: the breaker closed during this call)."""
+        ``read``, when the epoch must be re-read first: the breaker closed during this call).
+        ``bounded``: ``op`` enforces its own deadline (``MultiplexedRedis``), so no timer here."""
         try:
             self.breaker.allow()
         except CircuitOpen:
             return SKIPPED
         try:
-            async with asyncio.timeout(self.deadline):
+            if bounded:
                 result = await op()
+            else:
+                async with asyncio.timeout(self.deadline):
+                    result = await op()
         except REDIS_ERRORS:
             self.failures += 1
             self.breaker.failure()

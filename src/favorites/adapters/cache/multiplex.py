@@ -14,8 +14,11 @@ Failure behaviour, which the circuit breaker (``gate``) relies on:
 
 - A caller that stops waiting (the gate's deadline, a cancelled request) leaves its place in the
   queue; its reply is read and dropped when it comes, so later replies still match their callers.
-- A reply not seen within ``read_timeout`` means the connection is hung: the next caller to give up
-  closes it, every waiting caller gets ``ConnectionError``, and the next command reconnects.
+- A command someone still waits for that has no reply after ``read_timeout`` means the connection
+  is hung: it is closed, every waiting caller gets ``ConnectionError``, and the next command
+  reconnects. One timer per connection watches the oldest such command, so every call is bounded
+  (by at most twice ``read_timeout``) without the cost of a timeout per call; the gate relies on
+  this instead of wrapping each call in ``asyncio.timeout``.
 - A closed or reset connection fails every waiting caller at once; the next command reconnects
   (within ``connect_timeout``), authenticating and selecting the database as redis-py would.
 """
@@ -34,12 +37,15 @@ from redis.exceptions import ResponseError
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, read_timeout: float) -> None:
         self._reader = hiredis.Reader()
         #: (reply future, loop time the command was written), oldest first.
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
+        self._read_timeout = read_timeout
+        #: One timer for the whole connection, not one per command (see ``_check``).
+        self._watchdog: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,6 +69,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         error = RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}")
         while self._pending:
             future, _ = self._pending.popleft()
@@ -75,7 +83,24 @@ class _Connection(asyncio.Protocol):
         entry = (self._loop.create_future(), self._loop.time())
         self._pending.append(entry)
         self._transport.write(hiredis.pack_command(args))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(entry[1] + self._read_timeout, self._check)
         return entry
+
+    def _check(self) -> None:
+        """The oldest command has waited ``read_timeout``: if it is still unanswered the
+        connection is hung, and closing it fails every waiting command at once. Callers get
+        their deadline from this, within one ``read_timeout``, without a timer per command."""
+        self._watchdog = None
+        # Abandoned commands keep their places (their replies are still to come), but only a
+        # command someone waits for decides.
+        oldest = next((sent for future, sent in self._pending if not future.done()), None)
+        if oldest is None:
+            return
+        if self._loop.time() - oldest >= self._read_timeout:
+            self.close()
+        else:
+            self._watchdog = self._loop.call_at(oldest + self._read_timeout, self._check)
 
     def close(self) -> None:
         if not self.closed and self._transport is not None:
@@ -123,13 +148,8 @@ class MultiplexedRedis:
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()
-        future, sent_at = connection.send(args)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if connection._loop.time() - sent_at >= self._read_timeout:
-                connection.close()  # no reply for that long: presume the connection hung
-            raise
+        future, _ = connection.send(args)
+        return await future
 
     async def _connect(self) -> _Connection:
         if self._connecting is None:
@@ -142,11 +162,14 @@ class MultiplexedRedis:
             connection: _Connection | None = None
             try:
                 async with asyncio.timeout(self._connect_timeout):
+                    def factory() -> _Connection:
+                        return _Connection(self._read_timeout)
+
                     if path is not None:
-                        _, connection = await loop.create_unix_connection(_Connection, path)
+                        _, connection = await loop.create_unix_connection(factory, path)
                     else:
                         _, connection = await loop.create_connection(
-                            _Connection, host, port, ssl=self._tls)
+                            factory, host, port, ssl=self._tls)
                     username, password = self._credentials
                     if password is not None:
                         auth = (username, password) if username else (password,)

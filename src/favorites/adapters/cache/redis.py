@@ -52,7 +52,8 @@ class _RedisCache:
         """Values of ``keys`` (one slot per entry/version pair); None when Redis was skipped."""
         client, fast = self._gate.client, self._gate.fast
         if fast is not None:
-            result = await self._gate.call(lambda: fast.execute("MGET", *keys), read=True)
+            result = await self._gate.call(lambda: fast.execute("MGET", *keys), read=True,
+                                           bounded=True)
         elif isinstance(client, RedisCluster) and len(keys) > 2:
             result = await self._gate.call(lambda: client.mget_nonatomic(keys), read=True)
         else:
@@ -66,7 +67,8 @@ class _RedisCache:
         return self._gate.client.set(key, value, px=ttl_ms)
 
     async def _bump_version(self, key: str, ttl: float) -> None:
-        delivered = await self._gate.call(lambda: self._set(key, _new_version(), _ms(ttl)))
+        delivered = await self._gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),
+                                          bounded=self._gate.fast is not None)
         if delivered is SKIPPED:
             # Lost invalidation: an entry stored before the write may still be in Redis (and
             # Redis may come back with it): retire every entry by moving to a new epoch.
@@ -80,7 +82,7 @@ class _RedisCache:
         fast = gate.fast
         version = await gate.call(
             lambda: fast.execute("GET", key) if fast is not None else gate.client.get(key),
-            read=True)
+            read=True, bounded=fast is not None)
         if version is SKIPPED:
             return gate.bypass_token()
         return codec.make_token(epoch, version)
@@ -94,7 +96,8 @@ class _RedisCache:
         if epoch != gate.epoch.current:
             return  # loaded under a retired epoch: it would never be read
         await gate.call(lambda: self._set(f"{base}:{epoch}:{kind}", codec.tag(version, payload),
-                                          _ms(policy.jittered(ttl))))
+                                          _ms(policy.jittered(ttl))),
+                        bounded=gate.fast is not None)
 
 
 class RedisFavoritesCache(_RedisCache):
