@@ -154,9 +154,10 @@ class FavoritesService:
         return result
 
     async def export(self, principal: Principal, user_id: UUID) -> list[Favorite]:
-        """Every favorite of the owner, newest first (GDPR access and portability). One read
-        transaction, so the export is one consistent snapshot; keyset pages keep each query
-        small. Routed like every read: a user who just wrote reads from the primary."""
+        """Every favorite of the owner, newest first (GDPR access and portability). Keyset pages
+        keep each query small and list each favorite once, in order; a change the user makes
+        while the export runs may or may not be in it. Routed like every read: a user who just
+        wrote reads from the primary."""
         access.ensure_owner(principal, user_id)
         self._ensure_v2(user_id)
         items: list[Favorite] = []
