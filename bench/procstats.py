@@ -297,6 +297,8 @@ class Sampler:
                 "pid": pid,
                 "role": _role(pid, self.server_pid),
                 "cmd": cmdline(pid)[:120],
+                "cpu_pct": round(100 * (self._server.last.get(pid, 0.0)
+                                        - self._server.baseline.get(pid, 0.0)) / wall, 1),
                 "vm_hwm_mib": round(status.get("VmHWM", 0) / 1024, 1),
                 "peak_rss_sampled_mib": round(self.peak_rss_kib.get(pid, 0) / 1024, 1),
             })
@@ -319,6 +321,7 @@ class Sampler:
             "machine_cpu_capacity_pct": 100 * (os.cpu_count() or 1),
             "server_processes": processes,
             "peak_worker_rss_mib": max((float(p["vm_hwm_mib"]) for p in workers), default=0.0),
+            "worker_cpu_pct": [p["cpu_pct"] for p in workers],
             "peak_server_rss_sum_mib": round(self.peak_server_rss_sum_kib / 1024, 1),
             "series": self.series,
         }

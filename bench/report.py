@@ -257,6 +257,14 @@ def headline(result: dict[str, Any]) -> list[str]:
             f"{r['server_cpu_pct']} %, postgres {r['postgres_cpu_pct']} %, generator "
             f"{r['generator_cpu_pct']} %, other processes {r['other_cpu_pct']} %, "
             f"machine {r['machine_cpu_pct']} %")
+        shares = r.get("worker_cpu_pct") or []
+        if len(shares) > 1:
+            line = "worker CPU (% of one core): " + ", ".join(f"{x:g}" for x in shares)
+            if min(shares) < 0.5 * max(shares):
+                # The workers share one listening socket; a burst of new connections can all
+                # land on one of them, and then the run measures one core, not the machine.
+                line += "  UNBALANCED: one worker took most connections; repeat the run"
+            lines.append(line)
         if per_req:
             idle = result.get("server_idle_cpu_pct")
             lines.append("CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in per_req.items())
