@@ -114,6 +114,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-quiet", type=float, default=60.0, metavar="SECONDS",
                    help="before starting, wait up to this long (default 60) for the machine's "
                         "other CPU use to drop under --quiet-threshold; 0: just measure it")
+    p.add_argument("--cold-cache", action="store_true",
+                   help="FLUSHDB the Redis database of FAVORITES_REDIS_URL before each step, so "
+                        "runs start equally cold (destructive: use a database of its own)")
     p.add_argument("--redis-outage", type=_floats, default=None, metavar="START,END",
                    help="stop the Redis server of FAVORITES_REDIS_URL (SIGSTOP: it hangs, like "
                         "a frozen host) from START to END seconds into each measured step, then "
@@ -527,6 +530,10 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
                 pool.start()
                 await pool.open(int(load))
             pool.recorder = Recorder()
+            if args.cold_cache:
+                if "FAVORITES_REDIS_URL" not in os.environ:
+                    raise SystemExit("bench: --cold-cache needs FAVORITES_REDIS_URL")
+                flush_redis(os.environ["FAVORITES_REDIS_URL"])
             label = (f"{load:g} req/s" if args.mode == "open" else f"{int(load)} connections")
             print(f"measuring {args.scenario}, {args.mode} loop, {label}, {duration:g} s ...")
             gc.collect()
@@ -608,6 +615,16 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
     finally:
         await pool.close()
     return results
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def redis_pid(url: str) -> int:
