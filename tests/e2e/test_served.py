@@ -246,3 +246,24 @@ def test_two_workers_serve_lists_from_redis(tmp_path: Path) -> None:
         assert float(hits.group(1)) >= 8  # at most one miss per worker
         assert float(errors.group(1)) == 0
         assert '"level":"ERROR"' not in (tmp_path / "serve.log").read_text()
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    """With --workers 2, SIGTERM to the supervisor reaches both workers: every readiness answer
+    in the window is 503 draining, the API still answers, and the whole tree exits."""
+    import signal
+
+    env = clean_env(FAVORITES_DRAIN_SECONDS="3")
+    for served_now in _serve(tmp_path, "--workers", "2", env=env):
+        served_now.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        answers = []
+        for _ in range(12):  # a new connection each time: the kernel spreads them over workers
+            ready = httpx.get(f"{served_now.base}/health/ready", timeout=2,
+                              headers={"Connection": "close"})
+            answers.append((ready.status_code, ready.json()["status"]))
+        assert set(answers) == {(503, "draining")}
+        assert httpx.get(f"{served_now.base}/health/live", timeout=2).status_code == 200
+        assert served_now.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        log = (tmp_path / "serve.log").read_text()
+        assert log.count("draining done; shutting down") == 2  # one per worker
