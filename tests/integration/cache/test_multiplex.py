@@ -28,7 +28,10 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def _client(server: RedisServer, db: int = 3, **url: str) -> MultiplexedRedis:
     auth = f"{url['user']}:{url['password']}@" if url else ""
-    return MultiplexedRedis.like(build_redis_client(f"redis://{auth}127.0.0.1:{server.port}/{db}"))
+    client = MultiplexedRedis.like(
+        build_redis_client(f"redis://{auth}127.0.0.1:{server.port}/{db}"))
+    assert client is not None
+    return client
 
 
 async def test_hundreds_of_concurrent_callers_each_get_their_own_reply(
@@ -136,3 +139,26 @@ def test_the_same_on_uvloop_which_uvicorn_serves_on(server: RedisServer) -> None
         await redis.aclose()
 
     uvloop.run(scenario())
+
+
+def test_urls_map_to_the_same_server_or_stay_on_redis_py() -> None:
+    assert repr(MultiplexedRedis.like(build_redis_client("redis://u:p@cache:6380/4"))) == (
+        "MultiplexedRedis(cache:6380/4, idle)")
+    assert repr(MultiplexedRedis.like(build_redis_client("unix:///run/r.sock?db=2"))) == (
+        "MultiplexedRedis(/run/r.sock/2, idle)")
+    assert MultiplexedRedis.like(build_redis_client("rediss://cache:6380/0")) is None  # TLS
+
+
+async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "unix", None, "--unixsocket", str(socket_path),
+                         "--unixsocketperm", "700").start()
+    try:
+        redis = MultiplexedRedis.like(build_redis_client(f"unix://{socket_path}?db=2"))
+        assert redis is not None
+        await redis.execute("SET", "k", "v")
+        assert await redis.execute("GET", "k") == b"v"
+        assert server.cli("-n", "2", "GET", "k").strip() == "v"
+        await redis.aclose()
+    finally:
+        server.stop()

@@ -62,8 +62,7 @@ class RedisGate:
     ):
         self.client = client
         #: The caches' GET/MGET/SET on one pipelined connection (single node; see ``multiplex``).
-        self.fast: MultiplexedRedis | None = (
-            MultiplexedRedis.like(client) if isinstance(client, Redis) else None)
+        self.fast = MultiplexedRedis.like(client) if isinstance(client, Redis) else None
         self.epoch = epoch
         self.deadline = deadline
         self._on_breaker_state = on_breaker_state

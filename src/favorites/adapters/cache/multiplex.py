@@ -8,8 +8,8 @@ Lettuce and ioredis work) costs about 10 µs. Commands sent in one event-loop it
 one write (ioredis calls it auto-pipelining). redis-py has no multiplexed mode, and the multiplexing
 clients for Python (valkey-glide, measured at 50-60 µs with its Rust threads) would replace the
 whole Redis layer, so this module does just what the caches need: ``GET``, ``MGET`` and ``SET``
-on a single node, replies parsed by hiredis (redis-py's own parser). Redis Cluster, the rate
-limiter and everything else stay on redis-py.
+on a single node over TCP or a Unix socket, replies parsed by hiredis (redis-py's own parser).
+Redis Cluster, TLS (``rediss://``), the rate limiter and everything else stay on redis-py.
 
 Failure behaviour, which the circuit breaker (``gate``) relies on:
 
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -125,28 +125,29 @@ class MultiplexedRedis:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None,
                  db: int = 0, username: str | None = None, password: str | None = None,
-                 tls: ssl.SSLContext | None = None, connect_timeout: float = 0.1,
-                 read_timeout: float = 0.1):
+                 connect_timeout: float = 0.1, read_timeout: float = 0.1):
         self._address = (host, port, path)
         self._db = db
         self._credentials = (username, password)
-        self._tls = tls
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    def like(cls, client: Redis) -> MultiplexedRedis:
-        """The same server, database and credentials as a redis-py client (from its URL)."""
-        kwargs = client.connection_pool.connection_kwargs
-        tls = None
-        if kwargs.get("ssl") or "ssl_cert_reqs" in kwargs:
-            tls = ssl.create_default_context()
+    def like(cls, client: Redis) -> MultiplexedRedis | None:
+        """The same server, database and credentials as a redis-py client (from its URL); None
+        for ``rediss://``: TLS options (CA files, client certificates, verification modes) are
+        many, and those connections stay on redis-py rather than half-supported here."""
+        pool = client.connection_pool
+        if not issubclass(pool.connection_class, (Connection, UnixDomainSocketConnection)) or \
+                issubclass(pool.connection_class, SSLConnection):
+            return None
+        kwargs = pool.connection_kwargs
         timeout = kwargs.get("socket_timeout") or 0.1
         return cls(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
                    path=kwargs.get("path"), db=int(kwargs.get("db", 0)),
-                   username=kwargs.get("username"), password=kwargs.get("password"), tls=tls,
+                   username=kwargs.get("username"), password=kwargs.get("password"),
                    connect_timeout=kwargs.get("socket_connect_timeout") or timeout,
                    read_timeout=timeout)
 
@@ -180,8 +181,7 @@ class MultiplexedRedis:
                     if path is not None:
                         _, connection = await loop.create_unix_connection(factory, path)
                     else:
-                        _, connection = await loop.create_connection(
-                            factory, host, port, ssl=self._tls)
+                        _, connection = await loop.create_connection(factory, host, port)
                     username, password = self._credentials
                     if password is not None:
                         auth = (username, password) if username else (password,)
