@@ -46,6 +46,22 @@ async def test_insert_is_unique_and_get_returns_utc(uow: SqlUnitOfWorkFactory) -
     assert got.created_at.tzinfo is not None
 
 
+async def test_insert_many_and_delete_many_report_only_what_changed(
+        uow: SqlUnitOfWorkFactory) -> None:
+    user, held, new, absent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with uow() as work:
+        assert await work.favorites.insert(Favorite(user, held, T0)) is True
+        assert await work.favorites.insert_many(user, [held, new], T0 + timedelta(seconds=1)) == {
+            new}
+        assert await work.favorites.insert_many(user, [], T0) == set()
+        assert await work.favorites.delete_many(user, [held, absent]) == {held}
+        assert await work.favorites.delete_many(user, []) == set()
+        await work.commit()
+    async with uow(readonly=True) as work:
+        assert await work.favorites.page(user, 10, None) == [
+            Favorite(user, new, T0 + timedelta(seconds=1))]
+
+
 async def test_uncommitted_work_is_rolled_back(uow: SqlUnitOfWorkFactory) -> None:
     fav = Favorite(uuid.uuid4(), uuid.uuid4(), T0)
     async with uow() as work:

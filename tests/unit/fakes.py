@@ -43,6 +43,13 @@ class FakeFavorites:
         self.s.favorites[key] = favorite
         return True
 
+    async def insert_many(self, user_id: UUID, product_ids: Sequence[UUID],
+                          at: datetime) -> set[UUID]:
+        return {p for p in product_ids if await self.insert(Favorite(user_id, p, at))}
+
+    async def delete_many(self, user_id: UUID, product_ids: Sequence[UUID]) -> set[UUID]:
+        return {p for p in product_ids if await self.delete(user_id, p)}
+
     async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None:
         return self.s.favorites.get((user_id, product_id))
 
@@ -108,6 +115,9 @@ class FakeAudit:
 
     async def record(self, entry: AuditEntry, at: datetime) -> None:
         self.s.audit.append((entry, at))
+
+    async def record_many(self, entries: Sequence[AuditEntry], at: datetime) -> None:
+        self.s.audit.extend((entry, at) for entry in entries)
 
     async def pseudonymise_user(self, user_id: str, pseudonym: str) -> int:
         changed = 0

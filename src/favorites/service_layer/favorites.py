@@ -127,27 +127,24 @@ class FavoritesService:
             if unknown:
                 raise ProductNotFound(f"products do not exist: {', '.join(map(str, unknown))}")
         now = self._clock.now()
-        result = BulkResult([], [])
         async with self._uow(user_id=user_id) as uow:
             await uow.favorites.lock_user(user_id)
-            for product_id in adds:
-                if await uow.favorites.insert(Favorite(user_id, product_id, now)):
-                    result.added.append(product_id)
-            for product_id in removes:
-                if await uow.favorites.delete(user_id, product_id):
-                    result.removed.append(product_id)
+            inserted = await uow.favorites.insert_many(user_id, adds, now)
+            deleted = await uow.favorites.delete_many(user_id, removes)
+            # In the order asked, not the database's.
+            result = BulkResult([p for p in adds if p in inserted],
+                                [p for p in removes if p in deleted])
             if result.added and await uow.favorites.count_for_user(user_id) > self._max_per_user:
                 raise FavoritesLimitReached(
                     f"a user may hold at most {self._max_per_user} favorites"
                 )
-            for action, changed in ((AuditAction.FAVORITE_ADDED, result.added),
-                                    (AuditAction.FAVORITE_REMOVED, result.removed)):
-                for product_id in changed:
-                    await uow.audit.record(
-                        AuditEntry(action, principal.subject, principal.actor_type,
-                                   str(user_id), product_id, request_id),
-                        now,
-                    )
+            await uow.audit.record_many([
+                AuditEntry(action, principal.subject, principal.actor_type, str(user_id),
+                           product_id, request_id)
+                for action, changed in ((AuditAction.FAVORITE_ADDED, result.added),
+                                        (AuditAction.FAVORITE_REMOVED, result.removed))
+                for product_id in changed
+            ], now)
             await uow.commit()
         if result.added or result.removed:
             await self._cache.invalidate_user(user_id)

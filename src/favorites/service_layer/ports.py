@@ -20,9 +20,16 @@ class FavoritesRepository(Protocol):
     async def insert(self, favorite: Favorite) -> bool:
         """Insert unless present; True when a row was created."""
 
+    async def insert_many(self, user_id: UUID, product_ids: Sequence[UUID],
+                          at: datetime) -> set[UUID]:
+        """Insert those not present, in one statement; returns the products inserted."""
+
     async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None: ...
 
     async def delete(self, user_id: UUID, product_id: UUID) -> bool: ...
+
+    async def delete_many(self, user_id: UUID, product_ids: Sequence[UUID]) -> set[UUID]:
+        """Delete those present, in one statement; returns the products deleted."""
 
     async def page(
         self, user_id: UUID, limit: int, after: tuple[datetime, UUID] | None
@@ -55,6 +62,8 @@ class ProductsRepository(Protocol):
 
 class AuditRepository(Protocol):
     async def record(self, entry: AuditEntry, at: datetime) -> None: ...
+
+    async def record_many(self, entries: Sequence[AuditEntry], at: datetime) -> None: ...
 
     async def pseudonymise_user(self, user_id: str, pseudonym: str) -> int: ...
 

@@ -73,6 +73,15 @@ _INSERT = {
     .returning(_F.user_id)
     for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
 }
+#: Several rows in one statement (executemany: SQLAlchemy's "insertmanyvalues"), returning the
+#: products actually inserted.
+_INSERT_MANY = {dialect: statement.returning(_F.product_id) for dialect, statement in (
+    (d, insert(favorites).on_conflict_do_nothing(index_elements=["user_id", "product_id"]))
+    for d, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert)))}
+_DELETE_MANY = (sa.delete(favorites)
+                .where(_F.user_id == _USER,
+                       _F.product_id.in_(sa.bindparam("product_ids", expanding=True)))
+                .returning(_F.product_id))
 _EXISTING_PRODUCTS = sa.select(products.c.product_id).where(
     products.c.product_id.in_(sa.bindparam("product_ids", expanding=True)),
     products.c.deleted_at.is_(None),
@@ -82,6 +91,13 @@ _RECORD_AUDIT = sa.insert(audit_log).values(
         "occurred_at", "actor_id", "actor_type", "action", "subject_user_id", "product_id",
         "request_id", "outcome")}
 )
+
+
+def _audit_row(entry: AuditEntry, at: datetime) -> dict[str, object]:
+    return {"occurred_at": at, "actor_id": entry.actor_id, "actor_type": entry.actor_type,
+            "action": entry.action.value, "subject_user_id": entry.subject_user_id,
+            "product_id": entry.product_id, "request_id": entry.request_id,
+            "outcome": entry.outcome}
 
 
 def _utc(value: datetime) -> datetime:
@@ -114,6 +130,23 @@ class SqlFavoritesRepository(_Repo):
              "created_at": favorite.created_at},
         )
         return result.first() is not None
+
+    async def insert_many(self, user_id: UUID, product_ids: Sequence[UUID],
+                          at: datetime) -> set[UUID]:
+        if not product_ids:
+            return set()
+        result = await self._conn.execute(
+            _INSERT_MANY["postgresql" if self._pg else "sqlite"],
+            [{"user_id": user_id, "product_id": pid, "created_at": at} for pid in product_ids],
+        )
+        return {row[0] for row in result.all()}
+
+    async def delete_many(self, user_id: UUID, product_ids: Sequence[UUID]) -> set[UUID]:
+        if not product_ids:
+            return set()
+        result = await self._conn.execute(
+            _DELETE_MANY, {"user_id": user_id, "product_ids": list(product_ids)})
+        return {row[0] for row in result.all()}
 
     async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None:
         params = {"user_id": user_id, "product_id": product_id}
@@ -203,16 +236,11 @@ class SqlProductsRepository(_Repo):
 
 class SqlAuditRepository(_Repo):
     async def record(self, entry: AuditEntry, at: datetime) -> None:
-        await self._conn.execute(_RECORD_AUDIT, {
-            "occurred_at": at,
-            "actor_id": entry.actor_id,
-            "actor_type": entry.actor_type,
-            "action": entry.action.value,
-            "subject_user_id": entry.subject_user_id,
-            "product_id": entry.product_id,
-            "request_id": entry.request_id,
-            "outcome": entry.outcome,
-        })
+        await self._conn.execute(_RECORD_AUDIT, _audit_row(entry, at))
+
+    async def record_many(self, entries: Sequence[AuditEntry], at: datetime) -> None:
+        if entries:
+            await self._conn.execute(_RECORD_AUDIT, [_audit_row(e, at) for e in entries])
 
     async def pseudonymise_user(self, user_id: str, pseudonym: str) -> int:
         subject = await self._conn.execute(
