@@ -23,7 +23,7 @@ from favorites.adapters.db.recent_writers import (
     RedisRecentWriters,
 )
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
-from favorites.adapters.flags import FlagsFileError, OpenFeatureFlags, check_flags_file
+from favorites.adapters.flags import FlagsFileError, OpenFeatureFlags
 from favorites.adapters.ratelimit import (
     ADDRESS,
     SERVICE,
@@ -177,19 +177,12 @@ def build_database(settings: Settings, primary: AsyncEngine,
 
 
 def build_flags(settings: Settings) -> OpenFeatureFlags:
+    """ConfigError naming the variable when FAVORITES_FLAGS_FILE is set but unusable (nothing is
+    started here, so ``favorites serve`` also calls it to check before starting workers)."""
     try:
         return OpenFeatureFlags(settings.flags_file)
     except FlagsFileError as exc:
         raise ConfigError(f"FAVORITES_FLAGS_FILE: {exc}") from None
-
-
-def check_flags(settings: Settings) -> None:
-    """Raise ConfigError when FAVORITES_FLAGS_FILE is set but unusable."""
-    if settings.flags_file is not None:
-        try:
-            check_flags_file(settings.flags_file)
-        except FlagsFileError as exc:
-            raise ConfigError(f"FAVORITES_FLAGS_FILE: {exc}") from None
 
 
 def _product_service_state(_old: BreakerState, new: BreakerState) -> None:

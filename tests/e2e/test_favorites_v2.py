@@ -185,7 +185,7 @@ async def test_without_a_token_is_401_and_an_oversized_body_413(v2: httpx.AsyncC
 
 async def test_bulk_and_export_are_counted_and_logged_as_operations(
         v2: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.observability.test_metrics import samples, scrape, value
+    from tests.observability.test_metrics import operations_moved, samples, scrape
 
     owner, product = uuid.uuid4(), str(await new_product(v2))
     before = samples(await scrape(v2))
@@ -197,8 +197,7 @@ async def test_bulk_and_export_are_counted_and_logged_as_operations(
     after = samples(await scrape(v2))
 
     def moved(operation: str, status: str) -> float:
-        return (value(after, "favorites_operations_total", operation=operation, status=status)
-                - value(before, "favorites_operations_total", operation=operation, status=status))
+        return operations_moved(before, after, operation, status)
 
     assert moved("bulk", "success") == 1
     assert moved("bulk", "client_error") == 1

@@ -57,6 +57,13 @@ def value(all_samples: Samples, name: str, **labels: str) -> float:
     return all_samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def operations_moved(before: Samples, after: Samples, operation: str, status: str) -> float:
+    """How much ``favorites_operations_total{operation, status}`` grew between two scrapes."""
+    labels = {"operation": operation, "status": status}
+    return (value(after, "favorites_operations_total", **labels)
+            - value(before, "favorites_operations_total", **labels))
+
+
 @pytest.fixture
 async def db_observed(database_url: str, session_tmp: Path) -> AsyncIterator[Observed]:
     """SQLite and PostgreSQL."""
@@ -151,8 +158,7 @@ async def test_operations_outcomes_are_counted(observed: Observed) -> None:
     after = samples(await scrape(client))
 
     def moved(operation: str, status: str) -> float:
-        return (value(after, "favorites_operations_total", operation=operation, status=status)
-                - value(before, "favorites_operations_total", operation=operation, status=status))
+        return operations_moved(before, after, operation, status)
 
     assert moved("register_product", "success") == 1
     assert moved("add", "success") == 1

@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from favorites.adapters.db import migrate
     from favorites.adapters.db.engine import is_sqlite
-    from favorites.bootstrap import check_flags
+    from favorites.bootstrap import build_flags
     from favorites.observability.exposition import start_admin_server
     from favorites.observability.logs import uvicorn_log_config
     from favorites.observability.tracing import ratio_from_env
@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
         ratio_from_env()
-        check_flags(settings)  # here: the workers would each fail on it with a traceback
+        build_flags(settings)  # checked here: each worker would fail on it with a traceback
     except ConfigError as exc:
         print(f"favorites: invalid configuration: {exc}", file=sys.stderr)
         return 2
