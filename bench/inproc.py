@@ -95,6 +95,8 @@ async def run(args: argparse.Namespace) -> list[float]:
                     failures += 1
 
         for round_ in range(args.rounds + 1):  # the first round warms caches and pools
+            if args.fresh and round_:
+                scopes = [scope_of(workload.next()[1]) for _ in range(args.requests)]
             queue, failures = iter(scopes), 0
             gc.collect()
             cpu, wall = time.process_time(), time.perf_counter()
@@ -125,6 +127,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=10_000, help="per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--fresh", action="store_true",
+                   help="new requests every round (mixed: mostly cache misses, as over HTTP with "
+                        "200,000 users) instead of the same ones again (then cached)")
     p.add_argument("--round-timeout", type=float, default=120,
                    help="a round still running after this long is a hang: print where every "
                         "task waits and stop")

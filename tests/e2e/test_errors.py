@@ -182,42 +182,84 @@ async def test_statement_timeout_is_503_not_500(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A query cancelled by the 5 s (here 100 ms) statement timeout means the database is
-    overloaded: 503 with Retry-After, not a 500."""
+    overloaded: 503 with Retry-After, not a 500. Reads (on the driver) and writes (SQLAlchemy)."""
     import sqlalchemy as sa
 
+    from favorites.adapters.db import driver
     from favorites.adapters.db.repository import SqlFavoritesRepository
 
-    async def slow(self: SqlFavoritesRepository, user_id: uuid.UUID) -> int:
+    async def slow_write(self: SqlFavoritesRepository, *_: object) -> bool:
         await self._conn.execute(sa.text("SELECT pg_sleep(1)"))
-        return 0
+        return False
 
-    monkeypatch.setattr(SqlFavoritesRepository, "count_for_user", slow)
+    monkeypatch.setattr(driver, "COUNT_FOR_USER", "SELECT pg_sleep(1), $1::uuid")
+    monkeypatch.setattr(SqlFavoritesRepository, "delete", slow_write)
     app = create_app(make_settings(postgres_url, tmp_path, database_statement_timeout_ms=100))
     async for c in started(app):
-        response = await c.get("/v1/users/me/favorites/count", headers=bearer(uuid.uuid4()))
-        assert_problem(response, 503, "dependency-unavailable")
-        assert response.headers["retry-after"]
+        for method, path in (("GET", "/v1/users/me/favorites/count"),
+                             ("DELETE", f"/v1/users/me/favorites/{uuid.uuid4()}")):
+            response = await c.request(method, path, headers=bearer(uuid.uuid4()))
+            assert_problem(response, 503, "dependency-unavailable")
+            assert response.headers["retry-after"]
 
 
 async def test_a_programming_error_in_sql_stays_a_500(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only "cannot serve now" errors become 503; a broken query is a bug and says so."""
+    """Only "cannot serve now" errors become 503; a broken query is a bug and says so, without
+    the database's message. Reads (on the driver) and writes (SQLAlchemy)."""
     import sqlalchemy as sa
 
+    from favorites.adapters.db import driver
     from favorites.adapters.db.repository import SqlFavoritesRepository
 
-    async def broken(self: SqlFavoritesRepository, user_id: uuid.UUID) -> int:
+    async def broken_write(self: SqlFavoritesRepository, *_: object) -> bool:
         await self._conn.execute(sa.text("SELECT no_such_column FROM favorites"))
-        return 0
+        return False
 
-    monkeypatch.setattr(SqlFavoritesRepository, "count_for_user", broken)
+    monkeypatch.setattr(driver, "COUNT_FOR_USER",
+                        "SELECT no_such_column FROM favorites WHERE user_id = $1")
+    monkeypatch.setattr(SqlFavoritesRepository, "delete", broken_write)
     app = create_app(make_settings(postgres_url, tmp_path))
     async for c in started(app):
-        response = await c.get("/v1/users/me/favorites/count", headers=bearer(uuid.uuid4()))
-        body = assert_problem(response, 500, "internal-error")
-        assert "no_such_column" not in response.text
-        assert body["detail"].startswith("the request failed")
+        for method, path in (("GET", "/v1/users/me/favorites/count"),
+                             ("DELETE", f"/v1/users/me/favorites/{uuid.uuid4()}")):
+            response = await c.request(method, path, headers=bearer(uuid.uuid4()))
+            body = assert_problem(response, 500, "internal-error")
+            assert "no_such_column" not in response.text
+            assert body["detail"].startswith("the request failed")
+
+
+async def test_a_read_on_a_connection_the_server_closed_is_503_and_the_connection_is_dropped(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A backend killed under a pooled connection (failover, restart, idle kill): that read is a
+    503, and the dead connection is not handed to the next request."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    app = create_app(make_settings(postgres_url, tmp_path, database_pool_min=1,
+                                   database_pool_max=1))
+    async for c in started(app):
+        owner = uuid.uuid4()
+        assert (await c.get("/v1/users/me/favorites/count", headers=bearer(owner))).json() == {
+            "count": 0}
+        engine = app.state.container.engine
+        async with engine.connect() as conn:  # the pool's only connection: find its backend
+            pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        killer = create_async_engine(
+            postgres_url.replace("postgresql://", "postgresql+asyncpg://"))
+        async with killer.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 5000)"),
+                                       {"pid": pid})).scalar_one()
+        await killer.dispose()
+        response = await c.get("/v1/users/me/favorites/contains",
+                               params={"product_ids": str(uuid.uuid4())}, headers=bearer(owner))
+        assert_problem(response, 503, "dependency-unavailable")
+        again = await c.get("/v1/users/me/favorites/contains",
+                            params={"product_ids": str(uuid.uuid4())}, headers=bearer(owner))
+        assert again.status_code == 200, again.text
+        assert again.json() == {"product_ids": []}
 
 
 def test_the_readme_lists_every_problem_type_and_no_other() -> None:

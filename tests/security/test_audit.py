@@ -13,6 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from favorites.adapters.db.driver import DriverFavoritesRepository
 from favorites.adapters.db.repository import SqlFavoritesRepository
 from favorites.adapters.db.tables import audit_log
 from tests.helpers import SERVICE, assert_problem, bearer, new_product
@@ -53,7 +54,8 @@ async def test_a_failed_change_leaves_no_audit_row(
     async def fail(self: SqlFavoritesRepository, user_id: uuid.UUID) -> int:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(SqlFavoritesRepository, "count_for_user", fail)
+    for repository in (SqlFavoritesRepository, DriverFavoritesRepository):
+        monkeypatch.setattr(repository, "count_for_user", fail)
     response = await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
     assert response.status_code == 500
     monkeypatch.undo()

@@ -18,6 +18,7 @@ import httpx
 import jwt
 import pytest
 
+from favorites.adapters.db.driver import DriverFavoritesRepository
 from favorites.adapters.db.repository import SqlFavoritesRepository
 from favorites.entrypoints.http.app import create_app
 from tests.conftest import JWT_SECRET, make_settings, started
@@ -292,7 +293,8 @@ async def test_errors_never_leak_stack_traces_or_sql(
     async def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("SELECT secret FROM favorites WHERE password = 'hunter2'")
 
-    monkeypatch.setattr(SqlFavoritesRepository, "count_for_user", explode)
+    for repository in (SqlFavoritesRepository, DriverFavoritesRepository):  # SQLite, PostgreSQL
+        monkeypatch.setattr(repository, "count_for_user", explode)
     response = await client.get("/v1/users/me/favorites/count", headers=bearer(uuid.uuid4()))
     body = assert_problem(response, 500, "internal-error")
     text = response.text

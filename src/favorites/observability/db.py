@@ -2,7 +2,9 @@
 ``db_connections_active`` / ``db_connections_max``.
 
 Hooked on the engine's ``before/after_cursor_execute`` and ``handle_error`` events, so every
-statement of every repository is covered without touching them. A span carries ``db.system`` and
+statement of every repository is covered without touching them; the reads sent on the driver
+connection (``adapters.db.driver``) report through ``observe_statements`` to the same histogram
+and spans. A span carries ``db.system`` and
 the statement as SQLAlchemy sent it: parameterized, with placeholders and never bound values;
 literals a hand-written statement might contain are replaced by ``?`` too. Per distinct statement
 the operation and the sanitized text are computed once and cached.
@@ -19,6 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from favorites.adapters.db.driver import observe_statements
 from favorites.observability import metrics
 from favorites.observability.tracing import STATE
 
@@ -162,6 +165,30 @@ def instrument_engine(engine: AsyncEngine, pool: str = "primary", max_connection
     def disposed(*_args: Any) -> None:
         group.disposed(sync_engine)
 
+    class DriverStatement:
+        """One statement sent on the driver: the same span and histogram as ``before/after``."""
+
+        __slots__ = ("_operation", "_span", "_started")
+
+        def __init__(self, statement: str) -> None:
+            operation, name, text = statements.get(statement)
+            self._operation = operation
+            self._span = tracing.tracer.start_span(
+                name, kind=SpanKind.CLIENT,
+                attributes={"db.system": system, "db.operation": operation, "db.statement": text},
+            )
+            self._started = time.perf_counter()
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+            histograms[self._operation].observe(time.perf_counter() - self._started)
+            if exc_type is not None:
+                self._span.set_status(Status(StatusCode.ERROR, exc_type.__name__))
+            self._span.end()
+
+    observe_statements(sync_engine, DriverStatement)
     event.listen(sync_engine, "before_cursor_execute", before)
     event.listen(sync_engine, "after_cursor_execute", after)
     event.listen(sync_engine, "handle_error", failed)

@@ -1,7 +1,12 @@
-"""EXPLAIN the exact statement a repository call issues (captured from the driver, not retyped)."""
+"""EXPLAIN the exact statement a repository call issues (captured as sent, not retyped).
+
+Both repositories of the favorites table on PostgreSQL: SQLAlchemy Core's (writes, and every
+statement on SQLite) and the driver's (read-only units of work, ``adapters.db.driver``).
+"""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -10,6 +15,7 @@ import psycopg
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from favorites.adapters.db.driver import DriverConnection, DriverFavoritesRepository
 from favorites.adapters.db.repository import SqlFavoritesRepository
 
 USERS, PER_USER = 400, 50
@@ -54,6 +60,39 @@ async def explain(
     result = await conn.exec_driver_sql(f"EXPLAIN ({options}) {statement}", parameters)
     plan = result.scalar_one()
     return dict(plan[0]["Plan"])
+
+
+async def explain_driver(
+    conn: AsyncConnection,
+    call: Callable[[SqlFavoritesRepository], Awaitable[Any]],
+    *,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """``explain`` for the driver's repository: the statement captured on its way to asyncpg."""
+    driver = await DriverConnection.of(conn)
+    captured: list[tuple[str, tuple[Any, ...]]] = []
+    fetch, fetchval = driver.fetch, driver.fetchval
+
+    async def capture_fetch(statement: str, *args: Any) -> Any:
+        captured.append((statement, args))
+        return await fetch(statement, *args)
+
+    async def capture_fetchval(statement: str, *args: Any) -> Any:
+        captured.append((statement, args))
+        return await fetchval(statement, *args)
+
+    driver.fetch, driver.fetchval = capture_fetch, capture_fetchval  # type: ignore[method-assign]
+    await call(DriverFavoritesRepository(conn, driver))
+    assert len(captured) == 1, captured  # one statement per call: no N+1
+    statement, args = captured[0]
+    options = "FORMAT JSON, VERBOSE" if verbose else "FORMAT JSON"
+    plan = await fetchval(f"EXPLAIN ({options}) {statement}", *args)
+    if isinstance(plan, str):  # without the json codec SQLAlchemy sets on its connections
+        plan = json.loads(plan)
+    return dict(plan[0]["Plan"])
+
+
+EXPLAINERS = {"sqlalchemy": explain, "driver": explain_driver}
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.repository import SqlFavoritesRepository
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from tests.conftest import drop_postgres, fresh_postgres_url
-from tests.integration.db.explain import PER_USER, describe, explain, nodes, populate
+from tests.integration.db.explain import EXPLAINERS, PER_USER, describe, nodes, populate
 
 pytestmark = pytest.mark.postgres
 
@@ -38,6 +38,15 @@ async def engine(populated: tuple[str, list[uuid.UUID]]) -> AsyncIterator[AsyncE
     await engine.dispose()
 
 
+Explain = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture(params=sorted(EXPLAINERS))
+def explain(request: pytest.FixtureRequest) -> Explain:
+    """Each plan test for both repositories: SQLAlchemy Core's and the driver's."""
+    return EXPLAINERS[request.param]
+
+
 def assert_keyset_plan(plan: dict[str, Any], index_names: set[str]) -> None:
     """Limit over an index (only) scan of the keyset index, and no Sort anywhere."""
     kinds = describe(plan)
@@ -54,7 +63,7 @@ async def first_page(engine: AsyncEngine, owner: uuid.UUID, limit: int) -> list[
 
 
 async def test_first_page_walks_the_keyset_index_without_sorting(
-    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]], explain: Explain
 ) -> None:
     owner = populated[1][123]
     async with engine.connect() as conn:
@@ -65,7 +74,7 @@ async def test_first_page_walks_the_keyset_index_without_sorting(
 
 
 async def test_rendered_first_page_reads_the_keyset_index_without_sorting_the_table(
-    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]], explain: Explain
 ) -> None:
     """The first page as the database renders it (what a cache miss runs): the same Limit over
     the keyset index inside, and only its 51 rows ordered again for the aggregate."""
@@ -79,7 +88,7 @@ async def test_rendered_first_page_reads_the_keyset_index_without_sorting_the_ta
 
 
 async def test_cursor_page_walks_the_keyset_index_without_sorting(
-    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]], explain: Explain
 ) -> None:
     owner = populated[1][7]
     last = (await first_page(engine, owner, 10))[-1]
@@ -94,7 +103,7 @@ async def test_cursor_page_walks_the_keyset_index_without_sorting(
 
 
 async def test_pages_select_only_the_two_columns_they_return(
-    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]]
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]], explain: Explain
 ) -> None:
     owner = populated[1][0]
     async with engine.connect() as conn:

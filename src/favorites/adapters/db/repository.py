@@ -50,7 +50,7 @@ _NEXT_PAGE = (
 #: The first page rendered by PostgreSQL exactly as ``domain.pages.render_items`` renders it
 #: (orjson: canonical UUIDs, UTC with ``Z``, microseconds only when not zero). Building 51 UUID
 #: and datetime objects only to render them again was the largest part of a cache miss's CPU.
-_FIRST_PAGE_JSON = sa.text("""
+FIRST_PAGE_JSON_SQL = """
 SELECT string_agg(
     '{"product_id":"' || product_id::text || '","created_at":"'
     || to_char(created_at AT TIME ZONE 'UTC',
@@ -60,7 +60,9 @@ SELECT string_agg(
     || '"}', ',' ORDER BY created_at DESC, product_id ASC)
 FROM (SELECT product_id, created_at FROM favorites WHERE user_id = :user_id
       ORDER BY created_at DESC, product_id ASC LIMIT :limit) AS page
-""").bindparams(sa.bindparam("user_id", type_=sa.Uuid()), sa.bindparam("limit", type_=sa.Integer()))
+"""
+_FIRST_PAGE_JSON = sa.text(FIRST_PAGE_JSON_SQL).bindparams(
+    sa.bindparam("user_id", type_=sa.Uuid()), sa.bindparam("limit", type_=sa.Integer()))
 _COUNT_FOR_USER = sa.select(sa.func.count()).select_from(favorites).where(_F.user_id == _USER)
 _CONTAINS = sa.select(_F.product_id).where(
     _F.user_id == _USER, _F.product_id.in_(sa.bindparam("product_ids", expanding=True)))

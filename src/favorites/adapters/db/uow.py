@@ -1,7 +1,8 @@
 """Unit of work over one pooled connection: commit on ``commit()``, roll back otherwise.
 
 The factory is where replica routing happens (see ``replicas``): read-only units of work may be
-served by a replica, writes and the reads of a user who just wrote go to the primary.
+served by a replica, writes and the reads of a user who just wrote go to the primary. Read-only
+units of work on PostgreSQL send their statements on the driver connection (see ``driver``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from favorites.adapters.db.driver import (
+    DriverConnection,
+    DriverFavoritesRepository,
+    DriverProductsRepository,
+    DriverRevokedTokenRepository,
+)
 from favorites.adapters.db.recent_writers import InProcessRecentWriters, RecentWriters
 from favorites.adapters.db.replicas import ReadRouter, ReplicaSet
 from favorites.adapters.db.repository import (
@@ -48,6 +55,7 @@ class SqlUnitOfWork:
         self._user_id = user_id
         self._router = router
         self._conn: AsyncConnection | None = None
+        self._driver: DriverConnection | None = None
         self._committed = False
 
     async def __aenter__(self) -> Self:
@@ -55,18 +63,25 @@ class SqlUnitOfWork:
             conn = await self._engine.connect()
         else:
             conn = await self._router.connect(readonly=self._readonly, user_id=self._user_id)
+        self._conn = conn
         dialect = conn.dialect.name
         if dialect == "postgresql" and self._readonly:
-            # One round trip per read instead of BEGIN / query / ROLLBACK.
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-        elif dialect == "sqlite" and not self._readonly:
-            await conn.execution_options(sqlite_immediate=True)
-        self._conn = conn
-        self.favorites = SqlFavoritesRepository(conn, dialect)
-        self.products = SqlProductsRepository(conn, dialect)
+            try:
+                self._driver = driver = await DriverConnection.of(conn)
+            except BaseException:
+                await conn.close()
+                raise
+            self.favorites = DriverFavoritesRepository(conn, driver)
+            self.products = DriverProductsRepository(conn, driver)
+            self.revoked_tokens = DriverRevokedTokenRepository(conn, driver)
+        else:
+            if dialect == "sqlite" and not self._readonly:
+                await conn.execution_options(sqlite_immediate=True)
+            self.favorites = SqlFavoritesRepository(conn, dialect)
+            self.products = SqlProductsRepository(conn, dialect)
+            self.revoked_tokens = SqlRevokedTokenRepository(conn, dialect)
         self.audit = SqlAuditRepository(conn, dialect)
         self.refresh_tokens = SqlRefreshTokenRepository(conn, dialect)
-        self.revoked_tokens = SqlRevokedTokenRepository(conn, dialect)
         return self
 
     async def commit(self) -> None:
@@ -84,7 +99,9 @@ class SqlUnitOfWork:
         if conn is None:
             return
         try:
-            if not self._committed and conn.in_transaction():
+            if self._driver is not None and self._driver.broken:
+                await conn.invalidate()  # closed, never handed to another request
+            elif not self._committed and conn.in_transaction():
                 await conn.rollback()
         finally:
             await conn.close()
