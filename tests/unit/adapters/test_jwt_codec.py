@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 
@@ -51,3 +52,17 @@ def test_a_bad_token_is_never_remembered_as_good() -> None:
     for _ in range(2):
         with pytest.raises(InvalidToken):
             c.verify(forged)
+
+
+def test_remembered_tokens_give_the_garbage_collector_nothing_to_walk() -> None:
+    """Every full collection walks every tracked object: a per-token Principal (with its UUID and
+    frozenset) in the memory of 20,000 tokens made those pauses 30 ms under load."""
+    c = codec()
+    tokens = [c.mint(uuid.uuid4(), ("user",))[0] for _ in range(2000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    principals = [c.verify(token) for token in tokens]
+    assert c.verify(tokens[0]) == principals[0]  # answered from memory, same principal
+    del principals
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
