@@ -131,19 +131,26 @@ def parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 
-def _run_text(args: list[str]) -> str:
+def _run_text(args: list[str], cwd: Path = ROOT) -> str:
     try:
-        return subprocess.run(args, capture_output=True, text=True, check=False, cwd=ROOT,
+        return subprocess.run(args, capture_output=True, text=True, check=False, cwd=cwd,
                               timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
 
 def git_info() -> dict[str, Any]:
+    """The commit of the service code under test: where ``favorites`` is imported from, which is
+    what the server runs too (``PYTHONPATH`` passes through), e.g. an older release's worktree
+    for a before/after comparison."""
+    import favorites
+
+    src = Path(favorites.__file__).resolve().parent.parent
     # --no-optional-locks: read-only, never refreshes .git/index.
-    commit = _run_text(["git", "--no-optional-locks", "rev-parse", "HEAD"]) or "unknown"
-    status = _run_text(["git", "--no-optional-locks", "status", "--porcelain", "--", "src"])
-    return {"commit": commit, "dirty": bool(status), "dirty_files": status.splitlines()[:20]}
+    commit = _run_text(["git", "--no-optional-locks", "rev-parse", "HEAD"], src) or "unknown"
+    status = _run_text(["git", "--no-optional-locks", "status", "--porcelain", "--", "."], src)
+    return {"commit": commit, "dirty": bool(status), "dirty_files": status.splitlines()[:20],
+            "code": str(src)}
 
 
 def machine_info() -> dict[str, Any]:
