@@ -7,7 +7,7 @@ import uuid
 import jwt
 import pytest
 
-from favorites.adapters.tokens.jwt import JwtCodec
+from favorites.adapters.tokens.jwt import JwtCodec, unverified_header
 from favorites.domain.errors import InvalidToken
 
 SECRET = b"unit-secret-" + b"q" * 30
@@ -59,6 +59,7 @@ def test_remembered_tokens_give_the_garbage_collector_nothing_to_walk() -> None:
     frozenset) in the memory of 20,000 tokens made those pauses 30 ms under load."""
     c = codec()
     tokens = [c.mint(uuid.uuid4(), ("user",))[0] for _ in range(2000)]
+    c.verify(c.mint(uuid.uuid4(), ("user",))[0])  # first use: whatever PyJWT sets up once
     gc.collect()
     before = len(gc.get_objects())
     principals = [c.verify(token) for token in tokens]
@@ -66,3 +67,39 @@ def test_remembered_tokens_give_the_garbage_collector_nothing_to_walk() -> None:
     del principals
     gc.collect()
     assert len(gc.get_objects()) - before < 100
+
+
+@pytest.mark.parametrize("token", [
+    "", "not.a.jwt", "....", "W10.e30.sig", "bnVsbA.e30.sig", "%%%.e30.sig",
+    "\u00e9.e30.sig", jwt.utils.base64url_encode(b'{"alg":"HS256"').decode() + ".e30.sig",
+])
+def test_a_token_whose_header_is_not_a_json_object_is_malformed(token: str) -> None:
+    with pytest.raises(InvalidToken, match="malformed token"):
+        unverified_header(token)
+    with pytest.raises(InvalidToken):
+        codec().verify(token)
+
+
+def test_the_header_read_to_pick_the_key_is_pyjwts_reading() -> None:
+    c = codec()
+    token, _ = c.mint(uuid.uuid4(), ("user",))
+    assert unverified_header(token) == jwt.get_unverified_header(token)
+
+
+def test_the_header_names_the_key_but_pyjwt_still_checks_everything() -> None:
+    """alg "none", another algorithm, an unknown kid, a forged signature: all refused."""
+    c = codec()
+    user = uuid.uuid4()
+    kid = unverified_header(c.mint(user, ("user",))[0])["kid"]
+    claims = {"iss": "favorites-service", "aud": "favorites", "sub": str(user), "roles": ["user"],
+              "iat": int(time.time()), "exp": int(time.time()) + 60, "jti": "j", "typ": "access"}
+    unsigned = jwt.encode(claims, None, algorithm="none", headers={"kid": kid})
+    other_alg = jwt.encode(claims, SECRET * 2, algorithm="HS512", headers={"kid": kid})
+    unknown_kid = jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": "hs-unknown"})
+    forged = jwt.encode(claims, b"another-secret-" + b"x" * 30, algorithm="HS256",
+                        headers={"kid": kid})
+    for token, reason in ((unsigned, "algorithm not accepted"),
+                          (other_alg, "algorithm not accepted"),
+                          (unknown_kid, "unknown signing key"), (forged, "token rejected")):
+        with pytest.raises(InvalidToken, match=reason):
+            c.verify(token)
