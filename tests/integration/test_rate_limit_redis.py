@@ -398,7 +398,8 @@ async def test_the_counts_of_many_identities_give_the_garbage_collector_nothing_
         await limiter.flush()
         assert (await limiter.hit("user", users[0])).remaining == 98  # the totals read back
         gc.collect()
-        assert len(gc.get_objects()) - before < 100
+        # An object per identity before; a few hundred allowed for what else the process does.
+        assert len(gc.get_objects()) - before < len(users) / 4
     finally:
         await limiter.close()
         window = int(clock[0] // 60)

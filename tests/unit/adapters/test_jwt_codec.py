@@ -66,7 +66,8 @@ def test_remembered_tokens_give_the_garbage_collector_nothing_to_walk() -> None:
     assert c.verify(tokens[0]) == principals[0]  # answered from memory, same principal
     del principals
     gc.collect()
-    assert len(gc.get_objects()) - before < 100
+    # Three objects per token before; a few hundred allowed for whatever else this process does.
+    assert len(gc.get_objects()) - before < len(tokens) / 4
 
 
 @pytest.mark.parametrize("token", [
