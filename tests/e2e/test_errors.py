@@ -184,18 +184,11 @@ async def test_statement_timeout_is_503_not_500(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A query cancelled by the 5 s (here 100 ms) statement timeout means the database is
-    overloaded: 503 with Retry-After, not a 500. Reads (on the driver) and writes (SQLAlchemy)."""
-    import sqlalchemy as sa
-
+    overloaded: 503 with Retry-After, not a 500. A read and a write."""
     from favorites.adapters.db import driver
-    from favorites.adapters.db.repository import SqlFavoritesRepository
-
-    async def slow_write(self: SqlFavoritesRepository, *_: object) -> bool:
-        await self._conn.execute(sa.text("SELECT pg_sleep(1)"))
-        return False
 
     monkeypatch.setattr(driver, "COUNT_FOR_USER", "SELECT pg_sleep(1), $1::uuid")
-    monkeypatch.setattr(SqlFavoritesRepository, "delete", slow_write)
+    monkeypatch.setattr(driver, "DELETE", "SELECT pg_sleep(1), $1::uuid, $2::uuid")
     app = create_app(make_settings(postgres_url, tmp_path, database_statement_timeout_ms=100))
     async for c in started(app):
         for method, path in (("GET", "/v1/users/me/favorites/count"),
@@ -209,24 +202,29 @@ async def test_a_programming_error_in_sql_stays_a_500(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only "cannot serve now" errors become 503; a broken query is a bug and says so, without
-    the database's message. Reads (on the driver) and writes (SQLAlchemy)."""
+    the database's message. A read and a write on the driver, and a write through SQLAlchemy."""
     import sqlalchemy as sa
 
     from favorites.adapters.db import driver
-    from favorites.adapters.db.repository import SqlFavoritesRepository
+    from favorites.adapters.db.repository import SqlProductsRepository
 
-    async def broken_write(self: SqlFavoritesRepository, *_: object) -> bool:
+    async def broken_write(self: SqlProductsRepository, *_: object) -> bool:
         await self._conn.execute(sa.text("SELECT no_such_column FROM favorites"))
         return False
 
     monkeypatch.setattr(driver, "COUNT_FOR_USER",
                         "SELECT no_such_column FROM favorites WHERE user_id = $1")
-    monkeypatch.setattr(SqlFavoritesRepository, "delete", broken_write)
+    monkeypatch.setattr(driver, "DELETE", "DELETE FROM favorites WHERE no_such_column = $1"
+                                          " AND product_id = $2 RETURNING product_id")
+    monkeypatch.setattr(SqlProductsRepository, "upsert", broken_write)
     app = create_app(make_settings(postgres_url, tmp_path))
     async for c in started(app):
-        for method, path in (("GET", "/v1/users/me/favorites/count"),
-                             ("DELETE", f"/v1/users/me/favorites/{uuid.uuid4()}")):
-            response = await c.request(method, path, headers=bearer(uuid.uuid4()))
+        for method, path, headers in (
+            ("GET", "/v1/users/me/favorites/count", bearer(uuid.uuid4())),
+            ("DELETE", f"/v1/users/me/favorites/{uuid.uuid4()}", bearer(uuid.uuid4())),
+            ("PUT", f"/internal/v1/products/{uuid.uuid4()}", SERVICE),
+        ):
+            response = await c.request(method, path, headers=headers)
             body = assert_problem(response, 500, "internal-error")
             assert "no_such_column" not in response.text
             assert body["detail"].startswith("the request failed")

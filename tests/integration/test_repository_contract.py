@@ -193,3 +193,48 @@ async def test_audit_pseudonymisation(uow: SqlUnitOfWorkFactory) -> None:
             .where(audit_log.c.request_id == "r1", audit_log.c.actor_id == "erased:abc")
         )).all()
     assert rows == [("erased:abc", "erased:abc")]
+
+
+async def _favorites_of(uow: SqlUnitOfWorkFactory, user: uuid.UUID) -> set[uuid.UUID]:
+    async with uow(readonly=True) as work:
+        return {f.product_id for f in await work.favorites.page(user, 100, None)}
+
+
+async def test_a_unit_of_work_is_all_or_nothing_whichever_path_its_statements_take(
+    uow: SqlUnitOfWorkFactory,
+) -> None:
+    """On PostgreSQL single adds, removes and audit rows go on the driver and bulk changes through
+    SQLAlchemy Core (nested in the driver's transaction): one commit keeps both, one failure
+    loses both, and the connection goes back to the pool clean (the next unit of work sees no
+    leftover transaction)."""
+    user, kept, one, many = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), [uuid.uuid4() for _ in "ab"]
+    await _add(uow, Favorite(user, kept, T0))
+
+    async def change_then_fail() -> None:
+        async with uow(user_id=user) as work:
+            await work.favorites.lock_user(user)
+            assert await work.favorites.insert(Favorite(user, one, T0))
+            assert await work.favorites.insert_many(user, many, T0) == set(many)
+            assert await work.favorites.delete(user, kept)
+            await work.audit.record(AuditEntry(AuditAction.FAVORITE_ADDED, str(user), "user",
+                                               str(user), one, "req-rolled-back"), T0)
+            assert await work.favorites.count_for_user(user) == 3
+            raise RuntimeError("after both")
+
+    with pytest.raises(RuntimeError, match="after both"):
+        await change_then_fail()
+    assert await _favorites_of(uow, user) == {kept}
+    async with uow(user_id=user) as work:
+        await work.favorites.lock_user(user)
+        assert await work.favorites.insert(Favorite(user, one, T0))
+        assert await work.favorites.insert_many(user, many, T0) == set(many)
+        assert await work.favorites.delete_many(user, [kept]) == {kept}
+        await work.audit.record(AuditEntry(AuditAction.FAVORITE_ADDED, str(user), "user",
+                                           str(user), one, "req-committed"), T0)
+        await work.commit()
+    assert await _favorites_of(uow, user) == {one, *many}
+    async with uow(readonly=True) as work:
+        rows = (await work.audit._conn.execute(
+            sa.select(audit_log.c.request_id).where(audit_log.c.subject_user_id == str(user))
+        )).scalars().all()
+    assert rows == ["req-committed"]

@@ -1,16 +1,19 @@
-"""The read-only statements on PostgreSQL, sent on the asyncpg connection itself.
+"""The hot statements on PostgreSQL, sent on the asyncpg connection itself.
 
 Measured on the 10 M-row bench database, 32 reads at a time: a first page through SQLAlchemy's
 ``execute`` cost about 200 µs of CPU, the same statement on the pooled connection's driver about
 75 µs. The difference is SQLAlchemy's statement and result machinery and its greenlet bridge, paid
 on every cache miss, which is most of what a read that reaches the database costs this process.
 
-So read-only units of work on PostgreSQL keep SQLAlchemy's pool (sizes, replica routing, pre-ping,
-pool metrics) but send their statements with asyncpg, whose own per-connection cache prepares
-each one once. Outside a transaction every statement commits on its own: a read costs one round
-trip, as ``AUTOCOMMIT`` gave before. Writes stay on SQLAlchemy Core, in transactions; the
-statements below answer exactly what ``repository``'s do, and the repository contract tests run
-both against the same data.
+So units of work on PostgreSQL keep SQLAlchemy's pool (sizes, replica routing, pre-ping, pool
+metrics) but send the statements of the hot paths with asyncpg, whose own per-connection cache
+prepares each one once. A read-only unit of work runs outside a transaction (each statement
+commits on its own: one round trip per read). A writing one runs in a transaction of the driver's
+(``DriverTransaction``); the statements that are not below (bulk changes, erasure, tokens) still
+go through SQLAlchemy Core on the same connection, where asyncpg nests them in a savepoint of
+that transaction, so a unit of work stays all or nothing whichever path its statements take. The
+statements below answer exactly what ``repository``'s do; the repository contract tests run both
+against the same data.
 
 Driver errors are raised as SQLAlchemy's, with the driver's exception (and its SQLSTATE) as
 ``orig``, so the HTTP layer tells "the database cannot answer" (503) from a bug (500) as it
@@ -33,11 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from favorites.adapters.db.repository import (
     FIRST_PAGE_JSON_SQL,
+    SqlAuditRepository,
     SqlFavoritesRepository,
     SqlProductsRepository,
     SqlRevokedTokenRepository,
+    advisory_key,
 )
-from favorites.domain.models import Favorite
+from favorites.domain.models import AuditEntry, Favorite
 from favorites.domain.pages import FirstPage
 
 #: ``observe(statement)`` -> a context manager around one statement (metrics and a span).
@@ -78,6 +83,14 @@ EXISTING_PRODUCTS = ("SELECT product_id FROM products"
 ACTIVE_REVOCATIONS = ("SELECT jti, expires_at FROM revoked_tokens"
                       " WHERE revoked_at >= $1 AND expires_at > $2")
 
+LOCK_USER = "SELECT pg_advisory_xact_lock($1)"
+INSERT = ("INSERT INTO favorites (user_id, product_id, created_at) VALUES ($1, $2, $3)"
+          " ON CONFLICT (user_id, product_id) DO NOTHING RETURNING user_id")
+DELETE = "DELETE FROM favorites WHERE user_id = $1 AND product_id = $2 RETURNING product_id"
+RECORD_AUDIT = ("INSERT INTO audit_log (occurred_at, actor_id, actor_type, action,"
+                " subject_user_id, product_id, request_id, outcome)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+
 #: Errors after which the connection cannot be trusted with another statement.
 _BROKEN = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
 
@@ -111,6 +124,18 @@ class DriverConnection:
         except Exception as exc:
             raise self._translate(exc, statement, args) from exc
 
+    async def execute(self, statement: str, *args: Any) -> None:
+        try:
+            with self._observe(statement):
+                await self._driver.execute(statement, *args)
+        except Exception as exc:
+            raise self._translate(exc, statement, args) from exc
+
+    async def begin(self) -> DriverTransaction:
+        transaction = DriverTransaction(self)
+        await transaction.run("start", "BEGIN")
+        return transaction
+
     def _translate(self, exc: Exception, statement: str, args: Sequence[Any]) -> Exception:
         if isinstance(exc, _BROKEN):
             self.broken = True
@@ -122,13 +147,47 @@ class DriverConnection:
         return exc  # OSError, TimeoutError: the HTTP layer knows them as they are
 
 
+class DriverTransaction:
+    """The unit of work's transaction, owned by asyncpg (SQLAlchemy's own nest inside it)."""
+
+    def __init__(self, connection: DriverConnection):
+        self._connection = connection
+        self._transaction = connection._driver.transaction()
+        self.active = False
+
+    async def run(self, step: str, statement: str) -> None:
+        try:
+            with self._connection._observe(statement):
+                await getattr(self._transaction, step)()
+        except Exception as exc:
+            raise self._connection._translate(exc, statement, ()) from exc
+        self.active = step == "start"
+
+    async def commit(self) -> None:
+        await self.run("commit", "COMMIT")
+
+    async def rollback(self) -> None:
+        await self.run("rollback", "ROLLBACK")
+
+
 class DriverFavoritesRepository(SqlFavoritesRepository):
-    """The reads on the driver; anything else (a write on a read-only unit of work is a bug, but
-    stays correct) falls through to SQLAlchemy."""
+    """Reads, and the writes of adding and removing one favorite, on the driver; the rest falls
+    through to SQLAlchemy (see the module doc)."""
 
     def __init__(self, conn: AsyncConnection, driver: DriverConnection):
         super().__init__(conn, "postgresql")
         self._db = driver
+
+    async def lock_user(self, user_id: UUID) -> None:
+        await self._db.fetchval(LOCK_USER, advisory_key(user_id))
+
+    async def insert(self, favorite: Favorite) -> bool:
+        inserted = await self._db.fetchval(INSERT, favorite.user_id, favorite.product_id,
+                                           favorite.created_at)
+        return inserted is not None
+
+    async def delete(self, user_id: UUID, product_id: UUID) -> bool:
+        return await self._db.fetchval(DELETE, user_id, product_id) is not None
 
     async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None:
         created_at = await self._db.fetchval(GET, user_id, product_id)
@@ -156,6 +215,17 @@ class DriverFavoritesRepository(SqlFavoritesRepository):
 
     async def count_for_product(self, product_id: UUID) -> int:
         return int(await self._db.fetchval(COUNT_FOR_PRODUCT, product_id))
+
+
+class DriverAuditRepository(SqlAuditRepository):
+    def __init__(self, conn: AsyncConnection, driver: DriverConnection):
+        super().__init__(conn, "postgresql")
+        self._db = driver
+
+    async def record(self, entry: AuditEntry, at: datetime) -> None:
+        await self._db.execute(RECORD_AUDIT, at, entry.actor_id, entry.actor_type,
+                               entry.action.value, entry.subject_user_id, entry.product_id,
+                               entry.request_id, entry.outcome)
 
 
 class DriverProductsRepository(SqlProductsRepository):

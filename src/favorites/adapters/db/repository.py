@@ -95,6 +95,14 @@ _RECORD_AUDIT = sa.insert(audit_log).values(
 )
 
 
+def advisory_key(user_id: UUID) -> int:
+    """The user's transaction-level advisory lock: both halves of the id folded into a signed
+    64-bit key (time-ordered ids, UUIDv7, share their first bytes)."""
+    raw = user_id.bytes
+    return int.from_bytes(bytes(a ^ b for a, b in zip(raw[:8], raw[8:], strict=True)),
+                          "big", signed=True)
+
+
 def _audit_row(entry: AuditEntry, at: datetime) -> dict[str, object]:
     return {"occurred_at": at, "actor_id": entry.actor_id, "actor_type": entry.actor_type,
             "action": entry.action.value, "subject_user_id": entry.subject_user_id,
@@ -119,11 +127,7 @@ class _Repo:
 class SqlFavoritesRepository(_Repo):
     async def lock_user(self, user_id: UUID) -> None:
         if self._pg:  # SQLite writers are already serialised by BEGIN IMMEDIATE
-            # Both halves folded: time-ordered ids (UUIDv7) share their first bytes.
-            raw = user_id.bytes
-            key = int.from_bytes(bytes(a ^ b for a, b in zip(raw[:8], raw[8:], strict=True)),
-                                 "big", signed=True)
-            await self._conn.execute(_LOCK_USER, {"key": key})
+            await self._conn.execute(_LOCK_USER, {"key": advisory_key(user_id)})
 
     async def insert(self, favorite: Favorite) -> bool:
         result = await self._conn.execute(

@@ -1,8 +1,9 @@
 """Unit of work over one pooled connection: commit on ``commit()``, roll back otherwise.
 
 The factory is where replica routing happens (see ``replicas``): read-only units of work may be
-served by a replica, writes and the reads of a user who just wrote go to the primary. Read-only
-units of work on PostgreSQL send their statements on the driver connection (see ``driver``).
+served by a replica, writes and the reads of a user who just wrote go to the primary. On
+PostgreSQL the hot statements go on the driver connection, and a writing unit of work's
+transaction is the driver's (see ``driver``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from favorites.adapters.db.driver import (
+    DriverAuditRepository,
     DriverConnection,
     DriverFavoritesRepository,
     DriverProductsRepository,
     DriverRevokedTokenRepository,
+    DriverTransaction,
 )
 from favorites.adapters.db.recent_writers import InProcessRecentWriters, RecentWriters
 from favorites.adapters.db.replicas import ReadRouter, ReplicaSet
@@ -56,6 +59,7 @@ class SqlUnitOfWork:
         self._router = router
         self._conn: AsyncConnection | None = None
         self._driver: DriverConnection | None = None
+        self._transaction: DriverTransaction | None = None
         self._committed = False
 
     async def __aenter__(self) -> Self:
@@ -65,29 +69,53 @@ class SqlUnitOfWork:
             conn = await self._router.connect(readonly=self._readonly, user_id=self._user_id)
         self._conn = conn
         dialect = conn.dialect.name
-        if dialect == "postgresql" and self._readonly:
+        if dialect == "postgresql":
             try:
                 self._driver = driver = await DriverConnection.of(conn)
+                if not self._readonly:
+                    self._transaction = await driver.begin()
             except BaseException:
-                await conn.close()
+                await self._release(conn)
                 raise
             self.favorites = DriverFavoritesRepository(conn, driver)
             self.products = DriverProductsRepository(conn, driver)
+            self.audit = DriverAuditRepository(conn, driver)
             self.revoked_tokens = DriverRevokedTokenRepository(conn, driver)
         else:
-            if dialect == "sqlite" and not self._readonly:
+            if not self._readonly:
                 await conn.execution_options(sqlite_immediate=True)
             self.favorites = SqlFavoritesRepository(conn, dialect)
             self.products = SqlProductsRepository(conn, dialect)
+            self.audit = SqlAuditRepository(conn, dialect)
             self.revoked_tokens = SqlRevokedTokenRepository(conn, dialect)
-        self.audit = SqlAuditRepository(conn, dialect)
         self.refresh_tokens = SqlRefreshTokenRepository(conn, dialect)
         return self
 
     async def commit(self) -> None:
         assert self._conn is not None
-        await self._conn.commit()
+        if self._conn.in_transaction():  # SQLite's transaction, or SQLAlchemy's savepoint
+            await self._conn.commit()
+        if self._transaction is not None:
+            await self._transaction.commit()
         self._committed = True
+
+    async def _release(self, conn: AsyncConnection) -> None:
+        """Roll back whatever is open and give the connection back (or drop it if it broke)."""
+        try:
+            if self._driver is not None and self._driver.broken:
+                await conn.invalidate()  # closed, never handed to another request
+                return
+            if not self._committed:
+                if conn.in_transaction():
+                    await conn.rollback()
+                if self._transaction is not None and self._transaction.active:
+                    await self._transaction.rollback()
+        except BaseException:
+            # A connection left inside a transaction must never go back to the pool.
+            await conn.invalidate()
+            raise
+        finally:
+            await conn.close()
 
     async def __aexit__(
         self,
@@ -98,13 +126,7 @@ class SqlUnitOfWork:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        try:
-            if self._driver is not None and self._driver.broken:
-                await conn.invalidate()  # closed, never handed to another request
-            elif not self._committed and conn.in_transaction():
-                await conn.rollback()
-        finally:
-            await conn.close()
+        await self._release(conn)
         # After the connection is back in the pool, before the caller answers: the user's
         # next reads skip the replicas for a while (read-your-writes).
         if (self._committed and not self._readonly and self._router is not None
