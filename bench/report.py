@@ -240,7 +240,8 @@ def headline(result: dict[str, Any]) -> list[str]:
             part = outage[phase]
             lo, hi = part["window_s"]
             pl = part["latency"]
-            lines.append(f"Redis stopped {lo:g}-{hi:g} s, {phase}: {pl.get('count', 0):,} requests,"
+            label = "Redis stopped" if phase == "during" else "Redis back"
+            lines.append(f"{label} {lo:g}-{hi:g} s: {pl.get('count', 0):,} requests,"
                          f" {part['errors']} errors, p50 {_fmt(pl.get('p50_ms'))}  p99 "
                          f"{_fmt(pl.get('p99_ms'))}  max {_fmt(pl.get('max_ms'))}")
     caches = result.get("cache")

@@ -1,4 +1,7 @@
-"""All SQL lives here. Parameterised SQLAlchemy Core only, one statement per call, no N+1.
+"""The repositories in SQLAlchemy Core: parameterised, one statement per call, no N+1.
+
+Every statement of SQLite, and on PostgreSQL the ones ``driver`` does not send on asyncpg itself
+(its hand-written, equally parameterised statements answer exactly what these do).
 
 The statements of the hot paths are built once, at import, with bind parameters: building a
 ``select()`` per call and deriving its cache key was about a tenth of a database read's CPU.
