@@ -79,10 +79,12 @@ def _limit(raw: str | None) -> int:
             openapi_extra=documented(USER_ID, LIMIT, CURSOR))
 async def list_favorites(request: Request) -> Response:
     principal = await authenticate_user(request)
-    query = request.query_params
+    limit, cursor = MAX_PAGE, None
+    if request.scope["query_string"]:  # most lists have none: no parsing then
+        query = request.query_params
+        limit, cursor = _limit(query.get("limit")), query.get("cursor") or None
     page = await app_container(request).favorites.list_page(
-        principal, _user(principal, request), _limit(query.get("limit")),
-        query.get("cursor") or None, request.state.request_id,
+        principal, _user(principal, request), limit, cursor, request.state.request_id,
     )
     return Response(render_page(page.rendered(), page.next_cursor), media_type=JSON)
 
