@@ -98,6 +98,46 @@ def test_chunked_body_over_the_limit_is_413_over_a_socket(served: Served) -> Non
     assert "application/problem+json" in reply
 
 
+def _read_responses(sock: socket.socket, count: int) -> list[tuple[str, bytes]]:
+    """``count`` whole responses (status line, body by Content-Length) from one connection."""
+    data, responses = b"", []
+    while len(responses) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode()
+            length = int(re.search(r"(?im)^content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            if len(data) >= head_end + 4 + length:
+                responses.append((head.split("\r\n", 1)[0],
+                                  data[head_end + 4:head_end + 4 + length]))
+                data = data[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {len(responses)} responses"
+        data += chunk
+    return responses
+
+
+def test_pipelined_requests_on_one_connection_get_whole_responses_in_order(
+    served: Served,
+) -> None:
+    """Each response's head and body leave in one write (entrypoints/http/protocol.py): several
+    requests sent at once on a kept-alive connection still get whole answers, in order, and a
+    ``Connection: close`` request gets its whole answer before the close."""
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /v1/users/me/favorites HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Request-ID: third\r\n\r\n")
+        (first, body1), (second, body2), (third, body3) = _read_responses(sock, 3)
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        ((last, body4),) = _read_responses(sock, 1)
+        assert sock.recv(1) == b""  # closed after the whole answer
+    assert (first, third, last) == ("HTTP/1.1 200 OK",) * 3
+    assert second == "HTTP/1.1 401 Unauthorized"
+    assert b"invalid-token" in body2
+    assert body1 == body3 == body4
+
+
 def test_token_command_mints_a_usable_token(served: Served) -> None:
     user = uuid.uuid4()
     minted = subprocess.run([str(BIN / "favorites"), "token", "--user", str(user), "--admin"],

@@ -97,7 +97,7 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings, log_config: dict[
         port=args.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http="favorites.entrypoints.http.protocol:CoalescingHttpToolsProtocol",
         access_log=False,
         log_level=settings.log_level.lower(),
         log_config=log_config,  # uvicorn's own lines as the same JSON, in every worker
