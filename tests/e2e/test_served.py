@@ -295,6 +295,12 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
 
     env = clean_env(FAVORITES_DRAIN_SECONDS="3")
     for served_now in _serve(tmp_path, "--workers", "2", env=env):
+        # Ready means one worker answered; a worker still starting when SIGTERM comes has taken
+        # no traffic yet and just stops. Both must be up for this test.
+        deadline = time.monotonic() + 30
+        while (tmp_path / "serve.log").read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, "the second worker did not start"
+            time.sleep(0.1)
         served_now.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         answers = []
