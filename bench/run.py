@@ -91,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load first (5)")
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds")
     p.add_argument("--users", type=int, default=20_000, help="seeded users (default 20000)")
+    p.add_argument("--active-users", type=int, default=0,
+                   help="mixed traffic over the first N seeded users only (default: all); the "
+                        "same N on a 1 M and a 10 M seed sends the same requests to both, so "
+                        "only the table size differs")
     p.add_argument("--per-user", type=int, default=50, help="favorites per user (default 50)")
     p.add_argument("--products", type=int, default=100_000, help="product pool (default 100000)")
     p.add_argument("--hot-users", type=int, default=100,
@@ -479,7 +483,7 @@ def make_workload(args: argparse.Namespace, shape: SeedShape | None, host: str) 
         users = range(min(args.hot_users, shape.users))
         mix: tuple[tuple[int, float], ...] = ((LIST, 1.0),)
     else:
-        users = range(shape.users)
+        users = range(min(args.active_users or shape.users, shape.users))
         mix = ((LIST, 0.80), (1, 0.10), (2, 0.05), (3, 0.05))
     started = time.perf_counter()
     tokens = mint_tokens(list(users))
@@ -695,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         "server": {"command": shlex.join(server.command), "env": server.reported_env(),
                    "database_pool": database_pool},
         "config": {"mode": args.mode, "workers": args.workers, "warmup": args.warmup,
-                   "timeout": args.timeout, "hot_users": args.hot_users
+                   "timeout": args.timeout, "hot_users": args.hot_users, "active_users": args.active_users
                    if args.scenario == "list-cached" else None,
                    "random_seed": args.random_seed},
     }
