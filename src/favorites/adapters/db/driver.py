@@ -156,6 +156,9 @@ class DriverTransaction:
         self.active = False
 
     async def run(self, step: str, statement: str) -> None:
+        # A COMMIT or ROLLBACK ends the transaction even when it fails (the server rolls back a
+        # COMMIT it refuses), so nothing is left to roll back afterwards.
+        self.active = False
         try:
             with self._connection._observe(statement):
                 await getattr(self._transaction, step)()
