@@ -2,10 +2,10 @@
 ``db_connections_active`` / ``db_connections_max``.
 
 Hooked on the engine's ``before/after_cursor_execute`` and ``handle_error`` events, so every
-statement of every repository is covered without touching them; the reads sent on the driver
-connection (``adapters.db.driver``) report through ``observe_statements`` to the same histogram
-and spans. A span carries ``db.system`` and
-the statement as SQLAlchemy sent it: parameterized, with placeholders and never bound values;
+statement of every repository is covered without touching them; the statements sent on the
+driver connection (``adapters.db.driver``) report through ``observe_statements`` to the same
+histogram and spans. A span carries ``db.system`` and the statement as it was sent:
+parameterized, with placeholders and never bound values;
 literals a hand-written statement might contain are replaced by ``?`` too. Per distinct statement
 the operation and the sanitized text are computed once and cached.
 """
@@ -120,37 +120,41 @@ def instrument_engine(engine: AsyncEngine, pool: str = "primary", max_connection
     group.add(sync_engine, max_connections or _pool_capacity(sync_engine.pool))
     tracing = STATE
 
-    def before(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any,
-               _many: bool) -> None:
+    Observed = tuple[float, Any, str]
+
+    def start(statement: str) -> Observed:
         operation, name, text = statements.get(statement)
         span = tracing.tracer.start_span(
             name, kind=SpanKind.CLIENT,
             attributes={"db.system": system, "db.operation": operation, "db.statement": text},
         )
-        setattr(context, _ATTR, (time.perf_counter(), span, operation))
+        return time.perf_counter(), span, operation
+
+    def finish(observed: Observed, error: type[BaseException] | None) -> None:
+        started, span, operation = observed
+        histograms[operation].observe(time.perf_counter() - started)
+        if error is not None:
+            # The type only: driver messages can quote the values of the failing row.
+            span.set_status(Status(StatusCode.ERROR, error.__name__))
+        span.end()
+
+    def before(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any,
+               _many: bool) -> None:
+        setattr(context, _ATTR, start(statement))
 
     def after(_conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any,
               _many: bool) -> None:
         observed = getattr(context, _ATTR, None)
-        if observed is None:
-            return
-        setattr(context, _ATTR, None)
-        started, span, operation = observed
-        histograms[operation].observe(time.perf_counter() - started)
-        span.end()
+        if observed is not None:
+            setattr(context, _ATTR, None)
+            finish(observed, None)
 
     def failed(exception_context: Any) -> None:
         context = exception_context.execution_context
         observed = getattr(context, _ATTR, None) if context is not None else None
-        if observed is None:
-            return
-        setattr(context, _ATTR, None)
-        started, span, operation = observed
-        histograms[operation].observe(time.perf_counter() - started)
-        # The type only: driver messages can quote the values of the failing row.
-        span.set_status(Status(StatusCode.ERROR,
-                               type(exception_context.original_exception).__name__))
-        span.end()
+        if observed is not None:
+            setattr(context, _ATTR, None)
+            finish(observed, type(exception_context.original_exception))
 
     def checked_out(*_args: Any) -> None:
         count = getattr(sync_engine.pool, "checkedout", None)  # read again: dispose() replaces it
@@ -166,27 +170,18 @@ def instrument_engine(engine: AsyncEngine, pool: str = "primary", max_connection
         group.disposed(sync_engine)
 
     class DriverStatement:
-        """One statement sent on the driver: the same span and histogram as ``before/after``."""
+        """One statement sent on the driver (``with observe(statement):``)."""
 
-        __slots__ = ("_operation", "_span", "_started")
+        __slots__ = ("_observed",)
 
         def __init__(self, statement: str) -> None:
-            operation, name, text = statements.get(statement)
-            self._operation = operation
-            self._span = tracing.tracer.start_span(
-                name, kind=SpanKind.CLIENT,
-                attributes={"db.system": system, "db.operation": operation, "db.statement": text},
-            )
-            self._started = time.perf_counter()
+            self._observed = start(statement)
 
         def __enter__(self) -> None:
             return None
 
-        def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
-            histograms[self._operation].observe(time.perf_counter() - self._started)
-            if exc_type is not None:
-                self._span.set_status(Status(StatusCode.ERROR, exc_type.__name__))
-            self._span.end()
+        def __exit__(self, error: type[BaseException] | None, *_: Any) -> None:
+            finish(self._observed, error)
 
     observe_statements(sync_engine, DriverStatement)
     event.listen(sync_engine, "before_cursor_execute", before)

@@ -36,25 +36,26 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from favorites.transports import CoalescingTransport
+
 
 class _Connection(asyncio.Protocol):
     def __init__(self, read_timeout: float) -> None:
         self._reader = hiredis.Reader()
         #: (reply future, loop time the command was written), oldest first.
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
-        self._transport: asyncio.Transport | None = None
+        #: Commands of one event-loop iteration leave in one write (one system call).
+        self._transport: CoalescingTransport | None = None
         self._loop = asyncio.get_running_loop()
         self._read_timeout = read_timeout
         #: One timer for the whole connection, not one per command (see ``_check``).
         self._watchdog: asyncio.TimerHandle | None = None
-        #: Commands of this event-loop iteration, written together (one system call).
-        self._outgoing: list[bytes] = []
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports (what uvicorn runs us on) do not derive
         # from asyncio.Transport, though they implement it.
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = CoalescingTransport(cast(asyncio.Transport, transport), self._loop)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -85,19 +86,10 @@ class _Connection(asyncio.Protocol):
             raise RedisConnectionError("connection to Redis closed")
         entry = (self._loop.create_future(), self._loop.time())
         self._pending.append(entry)
-        if not self._outgoing:
-            self._loop.call_soon(self._write)
-        self._outgoing.append(hiredis.pack_command(args))
+        self._transport.write(hiredis.pack_command(args))
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(entry[1] + self._read_timeout, self._check)
         return entry
-
-    def _write(self) -> None:
-        """Every command sent since the last iteration in one write: under load many requests
-        send in one iteration, and a write is a system call."""
-        outgoing, self._outgoing = self._outgoing, []
-        if not self.closed and self._transport is not None:
-            self._transport.write(b"".join(outgoing))
 
     def _check(self) -> None:
         """The oldest command has waited ``read_timeout``: if it is still unanswered the

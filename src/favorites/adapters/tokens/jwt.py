@@ -34,7 +34,8 @@ _VERIFIED_CACHE_SIZE = 20_000
 #: What the cache keeps of a verified token: subject, roles, token id, expiry. Strings, integers
 #: and tuples of them only, which the garbage collector stops tracking: 20,000 Principals (each
 #: with a UUID and a frozenset) were 60,000 objects that every full collection walked, 30 ms
-#: pauses every few seconds under load. A Principal is built from it per request (about 2 µs).
+#: pauses every few seconds under load. A Principal is built from it (about 2 µs) when the token
+#: is not among the recent ones below.
 _Verified = tuple[str, tuple[str, ...], str, int]
 #: The Principals of the most recently verified or used tokens, ready to hand out: the few
 #: thousand objects the collector walks for them are worth a UUID and a Principal less to build

@@ -1,11 +1,11 @@
-"""The response writes of one callback leave in one write to the real transport, in order."""
+"""The writes of one callback leave in one write to the real transport, in order."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from favorites.entrypoints.http.protocol import _CoalescingTransport
+from favorites.transports import CoalescingTransport
 
 
 class RecordingTransport:
@@ -23,6 +23,9 @@ class RecordingTransport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
     def get_write_buffer_size(self) -> int:
         return 0
 
@@ -32,7 +35,7 @@ class RecordingTransport:
 
 async def test_head_and_body_written_in_one_callback_go_out_together() -> None:
     real = RecordingTransport()
-    transport = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
     transport.write(b"ok")
     assert real.writes == []
@@ -47,7 +50,7 @@ async def test_head_and_body_written_in_one_callback_go_out_together() -> None:
 
 async def test_close_sends_what_is_pending_first_and_nothing_after() -> None:
     real = RecordingTransport()
-    transport = _CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
     transport.close()
     assert real.writes == [b"HTTP/1.1 400 Bad Request\r\n\r\n"]
@@ -55,3 +58,14 @@ async def test_close_sends_what_is_pending_first_and_nothing_after() -> None:
     transport.write(b"late")
     await asyncio.sleep(0)
     assert real.writes == [b"HTTP/1.1 400 Bad Request\r\n\r\n"]
+
+
+async def test_abort_drops_what_is_pending() -> None:
+    """A hung Redis connection is aborted: nothing half-sent goes out on it afterwards."""
+    real = RecordingTransport()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"*1\r\n$4\r\nPING\r\n")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert real.writes == []
+    assert real.closed
