@@ -30,7 +30,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.common import DEFAULT_DATABASE_URL, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, SeedShape
-from bench.loadgen import LIST, FavoritesWorkload, mint_tokens
+from bench.loadgen import ADD, CONTAINS, DEFAULT_MIX, LIST, REMOVE, FavoritesWorkload, mint_tokens
+
+KINDS = {"list": LIST, "add": ADD, "remove": REMOVE, "contains": CONTAINS}
 
 Message = MutableMapping[str, Any]
 
@@ -72,8 +74,11 @@ async def run(args: argparse.Namespace) -> list[float]:
     shape = SeedShape(users=args.users, per_user=50, products=100_000)
     users = range(min(args.hot_users, shape.users)) if args.scenario == "list-cached" \
         else range(shape.users)
-    mix = ((LIST, 1.0),) if args.scenario == "list-cached" else \
-        ((LIST, 0.80), (1, 0.10), (2, 0.05), (3, 0.05))
+    mix: tuple[tuple[int, float], ...] = DEFAULT_MIX
+    if args.scenario == "list-cached":
+        mix = ((LIST, 1.0),)
+    elif args.only:
+        mix = ((KINDS[args.only], 1.0),)
     workload = FavoritesWorkload(args.scenario, "bench", shape, users, mix,
                                  tokens=mint_tokens(list(users)))
     settings = Settings(  # type: ignore[call-arg]
@@ -130,6 +135,8 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true",
                    help="new requests every round (mixed: mostly cache misses, as over HTTP with "
                         "200,000 users) instead of the same ones again (then cached)")
+    p.add_argument("--only", choices=sorted(KINDS),
+                   help="mixed: send only this kind of request, for its own CPU per request")
     p.add_argument("--round-timeout", type=float, default=120,
                    help="a round still running after this long is a hang: print where every "
                         "task waits and stop")
