@@ -2,6 +2,8 @@
 
 Verification pins the one configured algorithm (no ``none``, no HS/RS confusion), requires every
 claim we rely on, and checks ``typ`` so a token minted for another purpose is not an access token.
+HS256 tokens are verified by ``hs256`` (the same rules at a fraction of PyJWT's cost per new
+token; see there), ES256 and RS256 by PyJWT.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from favorites.adapters.tokens.hs256 import REQUIRED_CLAIMS, Hs256Verifier
 from favorites.domain.errors import InvalidToken
 from favorites.domain.models import Principal, PrincipalKind
 
-_REQUIRED = ["exp", "iat", "iss", "aud", "sub", "jti", "typ"]
+_REQUIRED = list(REQUIRED_CLAIMS)
 _ROLES = frozenset({"user", "admin"})
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -96,12 +99,15 @@ class JwtCodec:
         self._role_sets: dict[tuple[str, ...], frozenset[str]] = {}
         self._recent: dict[str, Principal] = {}
         self._public: list[tuple[str, PublicKey]] = []
+        self._hs256: Hs256Verifier | None = None
         if algorithm == "HS256":
             if not secret:
                 raise ValueError("HS256 needs a secret")
             self._signing_key: Any = secret
             self._kid = "hs-" + hashlib.sha256(secret).hexdigest()[:12]
             self._verify_keys[self._kid] = secret
+            self._hs256 = Hs256Verifier(self._verify_keys, issuer=issuer, audience=audience,
+                                        leeway=leeway_seconds)
         else:
             if private_key_pem is None:
                 raise ValueError(f"{algorithm} needs a private key")
@@ -185,6 +191,20 @@ class JwtCodec:
                          roles=role_set, token_id=token_id, token_expires_at=expires_at)
 
     def _verify(self, token: str) -> _Verified:
+        claims = self._hs256.verify(token) if self._hs256 is not None else self._decode(token)
+        if claims.get("typ") != "access":
+            raise InvalidToken("not an access token")
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not set(roles) <= _ROLES:
+            raise InvalidToken("token roles not accepted")
+        try:
+            user_id = UUID(claims["sub"])
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidToken("token subject is not a user id") from None
+        return str(user_id), tuple(sorted(set(roles))), str(claims["jti"]), int(claims["exp"])
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        """ES256 and RS256: PyJWT, with the key the header names."""
         header = unverified_header(token)
         if header.get("alg") != self.algorithm:
             raise InvalidToken("token algorithm not accepted")
@@ -207,18 +227,9 @@ class JwtCodec:
             raise InvalidToken("token not yet valid") from None
         except jwt.PyJWTError:
             raise InvalidToken("token rejected") from None
-        if claims.get("typ") != "access":
-            raise InvalidToken("not an access token")
         if claims["iat"] > time.time() + self._leeway:
             raise InvalidToken("token issued in the future")
-        roles = claims.get("roles", [])
-        if not isinstance(roles, list) or not set(roles) <= _ROLES:
-            raise InvalidToken("token roles not accepted")
-        try:
-            user_id = UUID(claims["sub"])
-        except (ValueError, TypeError, AttributeError):
-            raise InvalidToken("token subject is not a user id") from None
-        return str(user_id), tuple(sorted(set(roles))), str(claims["jti"]), int(claims["exp"])
+        return dict(claims)
 
     def jwks(self) -> dict[str, Any]:
         """Public keys for ``/.well-known/jwks.json``; empty for HS256 (a secret is never shown)."""
