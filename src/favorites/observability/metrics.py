@@ -25,13 +25,36 @@ Every label value is bounded: helpers refuse values outside their catalogue.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, values
 
 # ``*_created`` series double the series count and multiprocess mode cannot serve them anyway.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def _process_id() -> Callable[[], int]:
+    """This process's id, read from memory; brought up to date in a child after ``fork``.
+
+    In multiprocess mode every increment, observation and gauge update asks the process
+    identifier whether the process has forked since (to switch to files of its own). The default
+    asks ``os.getpid()``, a system call (0.3 µs each on the virtualised bench machine): traced
+    on a served worker under mixed traffic, 6.9 calls per socket write, 1.8 with this. The
+    answer only changes at a fork, which is where it is updated.
+    """
+    current = [os.getpid()]
+
+    def after_fork() -> None:
+        current[0] = os.getpid()
+
+    os.register_at_fork(after_in_child=after_fork)
+    return lambda: current[0]
+
+
+if values.ValueClass is not values.MutexValue:  # multiprocess mode; before any metric is made
+    values.ValueClass = values.MultiProcessValue(_process_id())  # type: ignore[no-untyped-call]
 
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2)
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
