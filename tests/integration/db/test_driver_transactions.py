@@ -48,26 +48,31 @@ async def test_a_refused_commit_raises_its_own_error_and_the_connection_stays_us
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@pytest.fixture
+def greenlet_closes(monkeypatch: pytest.MonkeyPatch) -> list[AsyncConnection]:
+    """Every ``AsyncConnection.close()``: the check-in that runs in a greenlet."""
+    closed: list[AsyncConnection] = []
+    close = AsyncConnection.close
+
+    async def counting_close(self: AsyncConnection) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(AsyncConnection, "close", counting_close)
+    return closed
+
+
 async def _backend_pid(uow: SqlUnitOfWorkFactory) -> int:
     async with uow(readonly=True) as work:
         return int(await work.favorites._db.fetchval("SELECT pg_backend_pid()"))
 
 
 async def test_units_of_work_give_their_connection_back_without_a_greenlet(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch,
+    engine: AsyncEngine, greenlet_closes: list[AsyncConnection],
 ) -> None:
     """Reads, driver writes and SQLAlchemy statements committed in a writing unit of work all
     leave nothing open, so the pool takes the connection back directly; the pool's only
     connection then serves every unit of work in turn."""
-    greenlet_closes = 0
-    close = AsyncConnection.close
-
-    async def counting_close(self: AsyncConnection) -> None:
-        nonlocal greenlet_closes
-        greenlet_closes += 1
-        await close(self)
-
-    monkeypatch.setattr(AsyncConnection, "close", counting_close)
     uow = SqlUnitOfWorkFactory(engine)
     first = await _backend_pid(uow)
     user, product = uuid.uuid4(), uuid.uuid4()
@@ -82,27 +87,18 @@ async def test_units_of_work_give_their_connection_back_without_a_greenlet(
     async with uow(user_id=user) as work:  # not committed: rolled back, then given back
         assert await work.refresh_tokens.delete_for_user(user) == 0
     assert await _backend_pid(uow) == first
-    assert greenlet_closes == 0
+    assert greenlet_closes == []
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 async def test_a_connection_with_a_transaction_open_is_given_back_through_the_greenlet(
-    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch,
+    engine: AsyncEngine, greenlet_closes: list[AsyncConnection],
 ) -> None:
-    greenlet_closes = 0
-    close = AsyncConnection.close
-
-    async def counting_close(self: AsyncConnection) -> None:
-        nonlocal greenlet_closes
-        greenlet_closes += 1
-        await close(self)
-
-    monkeypatch.setattr(AsyncConnection, "close", counting_close)
     conn = await engine.connect()
     await conn.execute(sa.text("CREATE TEMP TABLE left_open (id int)"))
     assert conn.in_transaction()
     await _check_in(conn)
-    assert greenlet_closes == 1  # the pool rolled it back on check-in, with I/O
+    assert greenlet_closes == [conn]  # the pool rolled it back on check-in, with I/O
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     async with engine.connect() as again:  # the temp table's creation was rolled back
         assert (await again.execute(sa.text("SELECT to_regclass('left_open')"))).scalar() is None
