@@ -10,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from favorites.adapters.db.checkout import check_in
 from favorites.adapters.db.engine import PoolSettings, create_engine
-from favorites.adapters.db.uow import SqlUnitOfWorkFactory, _check_in
+from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from favorites.domain.models import Favorite
 
 pytestmark = pytest.mark.postgres
@@ -97,7 +98,7 @@ async def test_a_connection_with_a_transaction_open_is_given_back_through_the_gr
     conn = await engine.connect()
     await conn.execute(sa.text("CREATE TEMP TABLE left_open (id int)"))
     assert conn.in_transaction()
-    await _check_in(conn)
+    await check_in(conn)
     assert greenlet_closes == [conn]  # the pool rolled it back on check-in, with I/O
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     async with engine.connect() as again:  # the temp table's creation was rolled back

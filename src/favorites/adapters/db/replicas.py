@@ -15,6 +15,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from favorites.adapters.db.checkout import check_out
 from favorites.adapters.db.recent_writers import RecentWriters
 
 log = logging.getLogger("favorites.db.routing")
@@ -78,7 +79,7 @@ class ReadRouter:
                     return await engine.connect()
                 except Exception as exc:  # connect or pre-ping failed: this read uses the primary
                     self.replicas.mark_down(engine, exc)
-        return await self.primary.connect()
+        return await check_out(self.primary)
 
     async def wrote(self, user_id: UUID) -> None:
         """After a committed write: only worth recording when some reads go to replicas."""

@@ -1,0 +1,105 @@
+"""PostgreSQL: connections taken from the pool without a greenlet in the steady state, and
+through it whenever the pool has to open one; no connection is leaked either way."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from favorites.adapters.db.checkout import check_in, check_out
+from favorites.adapters.db.engine import async_url
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def name() -> str:
+    return f"checkout-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def engine(postgres_url: str, name: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(
+        async_url(postgres_url), pool_size=1, max_overflow=0, pool_recycle=1,
+        connect_args={"server_settings": {"application_name": name}})
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def greenlet_starts(monkeypatch: pytest.MonkeyPatch) -> list[AsyncConnection]:
+    """Every ``AsyncConnection.start()``: the check-out that runs in a greenlet."""
+    started: list[AsyncConnection] = []
+    start = AsyncConnection.start
+
+    async def counting_start(self: AsyncConnection, is_ctxmanager: bool = False) -> AsyncConnection:
+        started.append(self)
+        return await start(self, is_ctxmanager)
+
+    monkeypatch.setattr(AsyncConnection, "start", counting_start)
+    return started
+
+
+async def _pid(engine: AsyncEngine) -> int:
+    conn = await check_out(engine)
+    try:
+        return int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+    finally:
+        await conn.rollback()
+        await check_in(conn)
+
+
+async def _backends(postgres_url: str, name: str, expected: int) -> int:
+    """Server-side connections of ``name`` (waits a little for a terminated one to go)."""
+    watcher = create_async_engine(async_url(postgres_url), pool_size=1, max_overflow=0)
+    try:
+        for _ in range(40):
+            async with watcher.connect() as conn:
+                count = int((await conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = :n"),
+                    {"n": name})).scalar_one())
+            if count == expected:
+                break
+            await asyncio.sleep(0.05)
+        return count
+    finally:
+        await watcher.dispose()
+
+
+async def test_an_idle_connection_is_taken_without_a_greenlet(
+        engine: AsyncEngine, greenlet_starts: list[AsyncConnection]) -> None:
+    first = await _pid(engine)  # the pool is empty: opened through the greenlet
+    assert len(greenlet_starts) == 1
+    for _ in range(3):
+        assert await _pid(engine) == first
+    assert len(greenlet_starts) == 1
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_an_invalidated_connection_is_replaced_through_the_greenlet(
+        engine: AsyncEngine, greenlet_starts: list[AsyncConnection], postgres_url: str,
+        name: str) -> None:
+    conn = await check_out(engine)
+    old = int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+    await conn.invalidate()  # e.g. after a disconnect: the pool must open a new one
+    await conn.close()
+    new = await _pid(engine)
+    assert new != old
+    assert len(greenlet_starts) == 2
+    assert await _backends(postgres_url, name, 1) == 1
+
+
+async def test_a_recycled_connection_is_closed_and_replaced(
+        engine: AsyncEngine, greenlet_starts: list[AsyncConnection], postgres_url: str,
+        name: str) -> None:
+    old = await _pid(engine)
+    await asyncio.sleep(1.1)  # older than pool_recycle
+    new = await _pid(engine)
+    assert new != old
+    assert len(greenlet_starts) == 2  # the first opening and the replacement
+    assert await _backends(postgres_url, name, 1) == 1  # the old one did not linger
