@@ -227,7 +227,7 @@ class JwtCodec:
             raise InvalidToken("token not yet valid") from None
         except jwt.PyJWTError:
             raise InvalidToken("token rejected") from None
-        if claims["iat"] > time.time() + self._leeway:
+        if int(claims["iat"]) > time.time() + self._leeway:  # PyJWT also takes "123"
             raise InvalidToken("token issued in the future")
         return dict(claims)
 
