@@ -32,13 +32,16 @@ async def engine(postgres_url: str, name: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def greenlet_starts(monkeypatch: pytest.MonkeyPatch) -> list[AsyncConnection]:
-    """Every ``AsyncConnection.start()``: the check-out that runs in a greenlet."""
+def greenlet_starts(engine: AsyncEngine,
+                    monkeypatch: pytest.MonkeyPatch) -> list[AsyncConnection]:
+    """Every ``AsyncConnection.start()`` on the test's engine: the check-out that runs in a
+    greenlet (other tests' background tasks may connect to their own engines meanwhile)."""
     started: list[AsyncConnection] = []
     start = AsyncConnection.start
 
     async def counting_start(self: AsyncConnection, is_ctxmanager: bool = False) -> AsyncConnection:
-        started.append(self)
+        if self.engine is engine:
+            started.append(self)
         return await start(self, is_ctxmanager)
 
     monkeypatch.setattr(AsyncConnection, "start", counting_start)

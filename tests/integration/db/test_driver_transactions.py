@@ -50,13 +50,16 @@ async def test_a_refused_commit_raises_its_own_error_and_the_connection_stays_us
 
 
 @pytest.fixture
-def greenlet_closes(monkeypatch: pytest.MonkeyPatch) -> list[AsyncConnection]:
-    """Every ``AsyncConnection.close()``: the check-in that runs in a greenlet."""
+def greenlet_closes(engine: AsyncEngine,
+                    monkeypatch: pytest.MonkeyPatch) -> list[AsyncConnection]:
+    """Every ``AsyncConnection.close()`` on the test's engine: the check-in that runs in a
+    greenlet (other tests' background tasks may use their own engines meanwhile)."""
     closed: list[AsyncConnection] = []
     close = AsyncConnection.close
 
     async def counting_close(self: AsyncConnection) -> None:
-        closed.append(self)
+        if self.engine is engine:
+            closed.append(self)
         await close(self)
 
     monkeypatch.setattr(AsyncConnection, "close", counting_close)
