@@ -105,13 +105,11 @@ class DriverConnection:
 
     @classmethod
     async def of(cls, conn: AsyncConnection) -> DriverConnection:
+        # Just checked out, so the pooled connection is there and reaching it needs no I/O;
+        # ``get_raw_connection()`` would cost a greenlet (about 11 µs here) to return it.
         sync = conn.sync_connection
-        if sync is not None and not sync.invalidated and not sync.closed:
-            # Just checked out: the pooled connection is there, no I/O needed to reach it.
-            # ``get_raw_connection()`` would cost a greenlet (about 11 µs here) to return it.
-            pooled = sync.connection
-        else:
-            pooled = await conn.get_raw_connection()
+        assert sync is not None, "a started connection"
+        pooled = sync.connection
         observe = _observers.get(conn.sync_engine, _unobserved)
         return cls(pooled.driver_connection, observe)
 

@@ -41,7 +41,7 @@ REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti", "typ")
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
 
 
-def _segment(text: str) -> bytes:
+def decode_segment(text: str) -> bytes:
     """Decode one segment, canonical form only: two spellings of one signature would be two
     different tokens (and two entries of the codec's memory) for the same credential."""
     if len(text) % 4 == 1:
@@ -55,7 +55,7 @@ def _segment(text: str) -> bytes:
     return decoded
 
 
-def _json_object(data: bytes) -> dict[str, Any]:
+def json_object(data: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -98,7 +98,7 @@ class Hs256Verifier:
         if match is None:
             raise InvalidToken("malformed token")
         header_text, payload_text, signature_text = match.groups()
-        header = _json_object(_segment(header_text))
+        header = json_object(decode_segment(header_text))
         if header.get("alg") != "HS256":
             raise InvalidToken("token algorithm not accepted")
         if "crit" in header or "b64" in header:  # extensions we do not implement
@@ -109,9 +109,9 @@ class Hs256Verifier:
             raise InvalidToken("unknown signing key")
         mac = mac.copy()
         mac.update(token[:match.end(2)].encode("ascii"))
-        if not hmac.compare_digest(mac.digest(), _segment(signature_text)):
+        if not hmac.compare_digest(mac.digest(), decode_segment(signature_text)):
             raise InvalidToken("token rejected")
-        claims = _json_object(_segment(payload_text))
+        claims = json_object(decode_segment(payload_text))
         self._check(claims)
         return claims
 

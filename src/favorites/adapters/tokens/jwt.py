@@ -8,8 +8,6 @@ token; see there), ES256 and RS256 by PyJWT.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
@@ -18,11 +16,15 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import jwt
-import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from favorites.adapters.tokens.hs256 import REQUIRED_CLAIMS, Hs256Verifier
+from favorites.adapters.tokens.hs256 import (
+    REQUIRED_CLAIMS,
+    Hs256Verifier,
+    decode_segment,
+    json_object,
+)
 from favorites.domain.errors import InvalidToken
 from favorites.domain.models import Principal, PrincipalKind
 
@@ -61,14 +63,7 @@ def unverified_header(token: str) -> dict[str, Any]:
     quarter of a verification's CPU, paid for every token not seen recently). The signature,
     the algorithm allow-list and every claim are then checked by PyJWT itself.
     """
-    segment = token.split(".", 1)[0]
-    try:
-        header = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError
-        raise InvalidToken("malformed token") from None
-    if not isinstance(header, dict):
-        raise InvalidToken("malformed token")
-    return header
+    return json_object(decode_segment(token.split(".", 1)[0]))
 
 
 def _jwk(public_key: PublicKey, algorithm: str) -> dict[str, Any]:
