@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import uuid
@@ -209,6 +210,19 @@ async def test_pool_gauges_follow_checkouts_and_add_up_per_pool(tmp_path: Path) 
     await engines[1].dispose()
     with pytest.raises(ValueError, match="pool"):
         instrument_engine(engines[0], "secondary")
+
+
+async def test_pool_gauges_drop_an_engine_collected_without_dispose(tmp_path: Path) -> None:
+    def gauge(name: str) -> float:
+        return metrics.__dict__[name].labels("replica")._value.get()  # type: ignore[no-any-return]
+
+    base_max = gauge("db_connections_max")
+    engine = create_engine(f"sqlite:///{tmp_path / 'gone.db'}", PoolSettings(1, 5))
+    instrument_engine(engine, "replica", 0)
+    assert gauge("db_connections_max") - base_max == 5
+    del engine
+    gc.collect()
+    assert gauge("db_connections_max") - base_max == 0
 
 
 async def test_helpers_for_rate_limiting_caches_and_breakers(observed: Observed) -> None:

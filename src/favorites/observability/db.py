@@ -66,35 +66,50 @@ class _PoolGroup:
     """The engines behind one ``pool`` label (the primary, or every replica) summed together.
 
     An engine counts from its first use until it is disposed; weakly held, so engines of apps
-    that are gone (tests build many) drop out.
+    that are gone (tests build many) drop out. A check-out or check-in (two per unit of work)
+    only adjusts the running total by its engine's change and writes one gauge: summing every
+    engine and writing both gauges each time was about 4 % of a cache miss's CPU.
     """
 
     def __init__(self, label: str):
         self.label = label
         self._active = metrics.db_connections_active.labels(label)
         self._max = metrics.db_connections_max.labels(label)
+        #: engine -> [checked out, capacity, counting (1) or disposed (0)]
         self._engines: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+        self._total_active = 0
 
     def add(self, engine: Any, maximum: int) -> None:
-        self._engines[engine] = [0, maximum, 1]
-        self._publish()
+        entry = self._engines[engine] = [0, maximum, 1]
+        weakref.finalize(engine, self._forget, entry)  # collected without dispose()
+        self._publish_max()
 
     def update(self, engine: Any, checked_out: int) -> None:
         entry = self._engines.get(engine)
-        if entry is not None:
-            entry[0], entry[2] = checked_out, 1
-            self._publish()
+        if entry is None:
+            return
+        if not entry[2]:  # used again after dispose(): counts again
+            entry[0], entry[2] = 0, 1
+            self._publish_max()
+        if checked_out != entry[0]:
+            self._total_active += checked_out - entry[0]
+            entry[0] = checked_out
+            self._active.set(self._total_active)
 
     def disposed(self, engine: Any) -> None:
         entry = self._engines.get(engine)
         if entry is not None:
-            entry[0], entry[2] = 0, 0
-            self._publish()
+            self._forget(entry)
 
-    def _publish(self) -> None:
-        entries = [entry for entry in list(self._engines.values()) if entry[2]]
-        self._active.set(sum(entry[0] for entry in entries))
-        self._max.set(sum(entry[1] for entry in entries))
+    def _forget(self, entry: list[int]) -> None:
+        if entry[2]:
+            self._total_active -= entry[0]
+            entry[0], entry[2] = 0, 0
+            self._active.set(self._total_active)
+            self._publish_max()
+
+    def _publish_max(self) -> None:
+        self._max.set(sum(entry[1] for entry in list(self._engines.values()) if entry[2]))
 
 
 _groups: dict[str, _PoolGroup] = {}
