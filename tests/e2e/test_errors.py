@@ -188,7 +188,9 @@ async def test_statement_timeout_is_503_not_500(
     from favorites.adapters.db import driver
 
     monkeypatch.setattr(driver, "COUNT_FOR_USER", "SELECT pg_sleep(1), $1::uuid")
-    monkeypatch.setattr(driver, "DELETE", "SELECT pg_sleep(1), $1::uuid, $2::uuid")
+    monkeypatch.setattr(driver, "REMOVE", "SELECT pg_sleep(1), $1::uuid, $2::uuid, $3::timestamptz,"
+                                          " $4::text, $5::text, $6::text, $7::text, $8::text,"
+                                          " $9::text")
     app = create_app(make_settings(postgres_url, tmp_path, database_statement_timeout_ms=100))
     async for c in started(app):
         for method, path in (("GET", "/v1/users/me/favorites/count"),
@@ -214,7 +216,7 @@ async def test_a_programming_error_in_sql_stays_a_500(
 
     monkeypatch.setattr(driver, "COUNT_FOR_USER",
                         "SELECT no_such_column FROM favorites WHERE user_id = $1")
-    monkeypatch.setattr(driver, "DELETE", "DELETE FROM favorites WHERE no_such_column = $1"
+    monkeypatch.setattr(driver, "REMOVE", "DELETE FROM favorites WHERE no_such_column = $1"
                                           " AND product_id = $2 RETURNING product_id")
     monkeypatch.setattr(SqlProductsRepository, "upsert", broken_write)
     app = create_app(make_settings(postgres_url, tmp_path))

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
-from favorites.domain.models import AuditAction, AuditEntry, Favorite
+from favorites.domain.models import AddOutcome, AuditAction, AuditEntry, Favorite
 from favorites.domain.pages import FirstPage
 from favorites.service_layer.ports import RefreshTokenRecord
 
@@ -238,3 +238,57 @@ async def test_a_unit_of_work_is_all_or_nothing_whichever_path_its_statements_ta
             sa.select(audit_log.c.request_id).where(audit_log.c.subject_user_id == str(user))
         )).scalars().all()
     assert rows == ["req-committed"]
+
+
+async def _audit_rows(uow: SqlUnitOfWorkFactory,
+                      user: uuid.UUID) -> list[tuple[str, uuid.UUID | None, str | None, datetime]]:
+    async with uow(readonly=True) as work:
+        rows = (await work.audit._conn.execute(
+            sa.select(audit_log.c.action, audit_log.c.product_id, audit_log.c.request_id,
+                      audit_log.c.occurred_at)
+            .where(audit_log.c.subject_user_id == str(user)).order_by(audit_log.c.id)
+        )).all()
+    return [(action, product, request, at.replace(tzinfo=UTC) if at.tzinfo is None else at)
+            for action, product, request, at in rows]
+
+
+async def test_add_is_idempotent_capped_and_audited_with_the_row(
+    uow: SqlUnitOfWorkFactory,
+) -> None:
+    user, first, second, third = (uuid.uuid4() for _ in range(4))
+
+    def entry(product: uuid.UUID, request: str) -> AuditEntry:
+        return AuditEntry(AuditAction.FAVORITE_ADDED, str(user), "user", str(user), product,
+                          request)
+
+    async def add(product: uuid.UUID, at: datetime, request: str) -> tuple[AddOutcome, Favorite]:
+        async with uow(user_id=user) as work:
+            result = await work.favorites.add(Favorite(user, product, at), 2,
+                                              entry(product, request))
+            await work.commit()
+        return result
+
+    later = T0 + timedelta(seconds=1)
+    assert await add(first, T0, "r1") == (AddOutcome.CREATED, Favorite(user, first, T0))
+    assert await add(first, later, "r2") == (AddOutcome.EXISTS, Favorite(user, first, T0))
+    assert await add(second, later, "r3") == (AddOutcome.CREATED, Favorite(user, second, later))
+    assert await add(third, later, "r4") == (AddOutcome.FULL, Favorite(user, third, later))
+    assert await _favorites_of(uow, user) == {first, second}
+    assert await _audit_rows(uow, user) == [("favorite.added", first, "r1", T0),
+                                            ("favorite.added", second, "r3", later)]
+
+
+async def test_remove_deletes_and_audits_only_what_was_there(uow: SqlUnitOfWorkFactory) -> None:
+    user, held, absent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await _add(uow, Favorite(user, held, T0))
+    removed_at = T0 + timedelta(minutes=1)
+    outcomes = []
+    for product, request in ((held, "r1"), (held, "r2"), (absent, "r3")):
+        async with uow(user_id=user) as work:
+            outcomes.append(await work.favorites.remove(
+                user, product, AuditEntry(AuditAction.FAVORITE_REMOVED, str(user), "user",
+                                          str(user), product, request), removed_at))
+            await work.commit()
+    assert outcomes == [True, False, False]
+    assert await _favorites_of(uow, user) == set()
+    assert await _audit_rows(uow, user) == [("favorite.removed", held, "r1", removed_at)]

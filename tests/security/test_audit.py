@@ -6,15 +6,14 @@ accountability; GDPR Art. 17 for the erasure rows.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
-from favorites.adapters.db.driver import DriverFavoritesRepository
-from favorites.adapters.db.repository import SqlFavoritesRepository
 from favorites.adapters.db.tables import audit_log
 from tests.helpers import SERVICE, assert_problem, bearer, new_product
 
@@ -45,23 +44,48 @@ async def test_add_and_remove_write_one_row_each_with_the_request_id(
     assert {r["outcome"] for r in rows} == {"success"}
 
 
-async def test_a_failed_change_leaves_no_audit_row(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The audit insert happens before the failure and is rolled back with the change."""
-    owner, product = uuid.uuid4(), await new_product(client)
+@contextlib.asynccontextmanager
+async def _audit_fails_for(client: httpx.AsyncClient, subject: str) -> AsyncIterator[None]:
+    """A trigger that refuses the audit rows of ``subject``: the failure comes after the change
+    itself was written, inside the same transaction or statement, on either backend."""
+    engine = client.app.state.container.engine  # type: ignore[attr-defined]
+    sqlite = engine.dialect.name == "sqlite"
+    create = [
+        f"CREATE TRIGGER audit_fails BEFORE INSERT ON audit_log WHEN NEW.subject_user_id = "
+        f"'{subject}' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+    ] if sqlite else [
+        "CREATE FUNCTION audit_fails() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$",
+        f"CREATE TRIGGER audit_fails BEFORE INSERT ON audit_log FOR EACH ROW WHEN "
+        f"(NEW.subject_user_id = '{subject}') EXECUTE FUNCTION audit_fails()",
+    ]
+    drop = ["DROP TRIGGER audit_fails"] if sqlite else [
+        "DROP TRIGGER audit_fails ON audit_log", "DROP FUNCTION audit_fails()"]
+    async with engine.begin() as conn:
+        for statement in create:
+            await conn.execute(sa.text(statement))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            for statement in drop:
+                await conn.execute(sa.text(statement))
 
-    async def fail(self: SqlFavoritesRepository, user_id: uuid.UUID) -> int:
-        raise RuntimeError("disk on fire")
 
-    for repository in (SqlFavoritesRepository, DriverFavoritesRepository):
-        monkeypatch.setattr(repository, "count_for_user", fail)
-    response = await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
-    assert response.status_code == 500
-    monkeypatch.undo()
-    assert await _rows(client, subject_user_id=str(owner)) == []
-    count = await client.get("/v1/users/me/favorites/count", headers=bearer(owner))
-    assert count.json() == {"count": 0}
+async def test_a_change_whose_audit_row_fails_is_not_made(client: httpx.AsyncClient) -> None:
+    """The audit row is written with the change, all or nothing: an add or a remove whose audit
+    row is refused answers 500 and leaves the favorites as they were."""
+    owner, product, kept = uuid.uuid4(), await new_product(client), await new_product(client)
+    url = f"/v1/users/me/favorites/{kept}"
+    assert (await client.put(url, headers=bearer(owner))).status_code == 201
+    async with _audit_fails_for(client, str(owner)):
+        added = await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
+        removed = await client.delete(url, headers=bearer(owner))
+    assert (added.status_code, removed.status_code) == (500, 500)
+    rows = await _rows(client, subject_user_id=str(owner))
+    assert [(r["action"], r["product_id"]) for r in rows] == [("favorite.added", kept)]
+    listed = await client.get("/v1/users/me/favorites", headers=bearer(owner))
+    assert [item["product_id"] for item in listed.json()["items"]] == [str(kept)]
 
 
 async def test_admin_reads_are_audited(client: httpx.AsyncClient) -> None:

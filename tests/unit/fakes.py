@@ -15,7 +15,7 @@ from typing import Self
 from uuid import UUID
 
 from favorites.adapters.cache.null import NullFavoritesCache
-from favorites.domain.models import AuditEntry, Favorite
+from favorites.domain.models import AddOutcome, AuditEntry, Favorite
 from favorites.domain.pages import FirstPage
 from favorites.service_layer.ports import RefreshTokenRecord
 
@@ -55,6 +55,24 @@ class FakeFavorites:
 
     async def delete(self, user_id: UUID, product_id: UUID) -> bool:
         return self.s.favorites.pop((user_id, product_id), None) is not None
+
+    async def add(self, favorite: Favorite, limit: int,
+                  audit: AuditEntry) -> tuple[AddOutcome, Favorite]:
+        existing = await self.get(favorite.user_id, favorite.product_id)
+        if existing is not None:
+            return AddOutcome.EXISTS, existing
+        if await self.count_for_user(favorite.user_id) >= limit:
+            return AddOutcome.FULL, favorite
+        await self.insert(favorite)
+        self.s.audit.append((audit, favorite.created_at))
+        return AddOutcome.CREATED, favorite
+
+    async def remove(self, user_id: UUID, product_id: UUID, audit: AuditEntry,
+                     at: datetime) -> bool:
+        removed = await self.delete(user_id, product_id)
+        if removed:
+            self.s.audit.append((audit, at))
+        return removed
 
     async def page(
         self, user_id: UUID, limit: int, after: tuple[datetime, UUID] | None

@@ -54,6 +54,14 @@ class AuditAction(StrEnum):
     TOKEN_FAMILY_REVOKED = "token.family_revoked"  # noqa: S105 -- an audit action name, not a secret
 
 
+class AddOutcome(StrEnum):
+    """What adding one favorite did."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # the user had it already: nothing changed
+    FULL = "full"  # the user holds the most favorites allowed: nothing changed
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     action: AuditAction

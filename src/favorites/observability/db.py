@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from favorites.adapters.db.driver import observe_statements
+from favorites.adapters.db.driver import OPERATIONS, observe_statements
 from favorites.observability import metrics
 from favorites.observability.tracing import STATE
 
@@ -53,7 +53,7 @@ class _Statements:
     def get(self, statement: str) -> tuple[str, str, str]:
         info = self._known.get(statement)
         if info is None:
-            operation = classify(statement)
+            operation = OPERATIONS.get(statement) or classify(statement)
             first = statement.lstrip().split(None, 1)
             name = first[0].upper() if first else "SQL"
             info = (operation, name, sanitize(statement))

@@ -16,7 +16,7 @@ from favorites.domain.errors import (
     ValidationFailed,
 )
 from favorites.domain.flags import DEFAULTS, ENABLE_FAVORITES_V2
-from favorites.domain.models import AuditAction, AuditEntry, Favorite, Principal
+from favorites.domain.models import AddOutcome, AuditAction, AuditEntry, Favorite, Principal
 from favorites.domain.pages import FirstPage, Page
 from favorites.service_layer.ports import (
     Catalog,
@@ -82,29 +82,21 @@ class FavoritesService:
         if product_id not in await self._catalog.existing([product_id]):
             raise ProductNotFound(f"product {product_id} does not exist")
         now = self._clock.now()
+        entry = AuditEntry(AuditAction.FAVORITE_ADDED, principal.subject, principal.actor_type,
+                           str(user_id), product_id, request_id)
         # user_id marks this user as a recent writer: their next reads see this write.
         async with self._uow(user_id=user_id) as uow:
-            await uow.favorites.lock_user(user_id)
-            candidate = Favorite(user_id, product_id, now)
-            if not await uow.favorites.insert(candidate):
-                existing = await uow.favorites.get(user_id, product_id)
-                if existing is not None:
-                    return existing, False
-                # Removed between our insert and read: the lock makes this unreachable on
-                # PostgreSQL, but it is cheap to be correct on any backend.
-                await uow.favorites.insert(candidate)
-            if await uow.favorites.count_for_user(user_id) > self._max_per_user:
+            outcome, favorite = await uow.favorites.add(
+                Favorite(user_id, product_id, now), self._max_per_user, entry)
+            if outcome is AddOutcome.FULL:
                 raise FavoritesLimitReached(
                     f"a user may hold at most {self._max_per_user} favorites"
                 )
-            await uow.audit.record(
-                AuditEntry(AuditAction.FAVORITE_ADDED, principal.subject, principal.actor_type,
-                           str(user_id), product_id, request_id),
-                now,
-            )
+            if outcome is AddOutcome.EXISTS:
+                return favorite, False
             await uow.commit()
         await self._cache.invalidate_user(user_id)
-        return candidate, True
+        return favorite, True
 
     async def bulk(
         self, principal: Principal, user_id: UUID, add: Sequence[UUID], remove: Sequence[UUID],
@@ -176,14 +168,10 @@ class FavoritesService:
     ) -> bool:
         """Idempotent: True when a favorite was removed, False when there was none."""
         access.ensure_can_write(principal, user_id)
+        entry = AuditEntry(AuditAction.FAVORITE_REMOVED, principal.subject, principal.actor_type,
+                           str(user_id), product_id, request_id)
         async with self._uow(user_id=user_id) as uow:
-            removed = await uow.favorites.delete(user_id, product_id)
-            if removed:
-                await uow.audit.record(
-                    AuditEntry(AuditAction.FAVORITE_REMOVED, principal.subject,
-                               principal.actor_type, str(user_id), product_id, request_id),
-                    self._clock.now(),
-                )
+            removed = await uow.favorites.remove(user_id, product_id, entry, self._clock.now())
             await uow.commit()
         if removed:
             await self._cache.invalidate_user(user_id)

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Protocol, Self
 from uuid import UUID
 
-from favorites.domain.models import AuditEntry, Favorite
+from favorites.domain.models import AddOutcome, AuditEntry, Favorite
 from favorites.domain.pages import FirstPage
 
 
@@ -27,6 +27,19 @@ class FavoritesRepository(Protocol):
     async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None: ...
 
     async def delete(self, user_id: UUID, product_id: UUID) -> bool: ...
+
+    async def add(self, favorite: Favorite, limit: int,
+                  audit: AuditEntry) -> tuple[AddOutcome, Favorite]:
+        """Add ``favorite`` and record ``audit`` unless the user has that product already (the
+        favorite held is returned) or holds ``limit`` favorites; serialised per user.
+
+        Atomic by itself: as a unit of work's only statement it commits on its own (PostgreSQL
+        runs it as one statement, migration 0003); commit the unit anyway."""
+
+    async def remove(self, user_id: UUID, product_id: UUID, audit: AuditEntry,
+                     at: datetime) -> bool:
+        """Delete the favorite and record ``audit`` if it was there; atomic by itself, like
+        ``add``."""
 
     async def delete_many(self, user_id: UUID, product_ids: Sequence[UUID]) -> set[UUID]:
         """Delete those present, in one statement; returns the products deleted."""

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from favorites.adapters.db import driver
 from favorites.adapters.db.checkout import check_in
+from favorites.adapters.db.driver import observe_statements
 from favorites.adapters.db.engine import PoolSettings, create_engine
+from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
-from favorites.domain.models import Favorite
+from favorites.domain.models import AddOutcome, AuditAction, AuditEntry, Favorite
 
 pytestmark = pytest.mark.postgres
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -106,3 +113,132 @@ async def test_a_connection_with_a_transaction_open_is_given_back_through_the_gr
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     async with engine.connect() as again:  # the temp table's creation was rolled back
         assert (await again.execute(sa.text("SELECT to_regclass('left_open')"))).scalar() is None
+
+
+@pytest.fixture
+def sent(engine: AsyncEngine) -> list[str]:
+    """Every statement sent on the driver connections of the test's engine, in order."""
+    statements: list[str] = []
+
+    @contextlib.contextmanager
+    def record(statement: str) -> Iterator[None]:
+        statements.append(statement)
+        yield
+
+    observe_statements(engine.sync_engine, record)
+    return statements
+
+
+def _entry(user: uuid.UUID, product: uuid.UUID) -> AuditEntry:
+    return AuditEntry(AuditAction.FAVORITE_ADDED, str(user), "user", str(user), product, "req")
+
+
+async def test_a_unit_of_work_of_one_self_contained_statement_sends_only_it(
+    engine: AsyncEngine, sent: list[str],
+) -> None:
+    """Adding or removing one favorite is one round trip: no BEGIN, no COMMIT. A unit of work
+    of ordinary statements still begins its transaction before the first and commits it."""
+    uow = SqlUnitOfWorkFactory(engine)
+    user, product = uuid.uuid4(), uuid.uuid4()
+    async with uow(user_id=user) as work:
+        outcome, _ = await work.favorites.add(Favorite(user, product, T0), 10,
+                                              _entry(user, product))
+        await work.commit()
+    assert (outcome, sent) == (AddOutcome.CREATED, [driver.ADD])
+    sent.clear()
+    async with uow(user_id=user) as work:
+        removed = await work.favorites.remove(user, product, _entry(user, product), T0)
+        await work.commit()
+    assert (removed, sent) == (True, [driver.REMOVE])
+    sent.clear()
+    async with uow(user_id=user) as work:
+        await work.favorites.lock_user(user)
+        assert await work.favorites.insert(Favorite(user, product, T0))
+        await work.commit()
+    assert sent == ["BEGIN", driver.LOCK_USER, driver.INSERT, "COMMIT"]
+    sent.clear()
+    async with uow(user_id=user) as work:  # nothing sent, nothing to commit
+        await work.commit()
+    assert sent == []
+
+
+async def test_a_statement_through_sqlalchemy_first_begins_the_units_transaction(
+    engine: AsyncEngine, sent: list[str],
+) -> None:
+    """SQLAlchemy's statement nests in the driver's transaction begun just before it, so a
+    driver statement after it and the SQLAlchemy one roll back together."""
+    uow = SqlUnitOfWorkFactory(engine)
+    user, product = uuid.uuid4(), uuid.uuid4()
+    async with uow(user_id=user) as work:
+        assert await work.favorites.insert_many(user, [product], T0) == {product}
+        assert sent == ["BEGIN"]
+        await work.audit.record(_entry(user, product), T0)
+        # not committed
+    async with uow(readonly=True) as work:
+        assert await work.favorites.count_for_user(user) == 0
+    assert sent[:3] == ["BEGIN", driver.RECORD_AUDIT, "ROLLBACK"]
+
+
+async def test_a_self_contained_statement_after_others_joins_their_transaction(
+    engine: AsyncEngine, sent: list[str],
+) -> None:
+    uow = SqlUnitOfWorkFactory(engine)
+    user, product = uuid.uuid4(), uuid.uuid4()
+    async with uow(user_id=user) as work:
+        assert await work.favorites.count_for_user(user) == 0
+        outcome, _ = await work.favorites.add(Favorite(user, product, T0), 10,
+                                              _entry(user, product))
+        assert outcome is AddOutcome.CREATED
+        # not committed: rolled back with the transaction it joined
+    assert sent[:4] == ["BEGIN", driver.COUNT_FOR_USER, driver.ADD, "ROLLBACK"]
+    async with uow(readonly=True) as work:
+        assert await work.favorites.count_for_user(user) == 0
+
+
+async def test_nothing_may_follow_a_statement_that_committed_by_itself(
+    engine: AsyncEngine,
+) -> None:
+    """It cannot be undone, so a statement after it (that a failure would roll back alone) is a
+    programming error, raised before anything is sent."""
+    uow = SqlUnitOfWorkFactory(engine)
+    user, product = uuid.uuid4(), uuid.uuid4()
+    async with uow(user_id=user) as work:
+        await work.favorites.add(Favorite(user, product, T0), 10, _entry(user, product))
+        with pytest.raises(RuntimeError, match="only one"):
+            await work.favorites.lock_user(user)
+    async with uow(user_id=user) as work:
+        await work.favorites.remove(user, product, _entry(user, product), T0)
+        with pytest.raises(RuntimeError, match="only one"):
+            await work.favorites.add(Favorite(user, product, T0), 10, _entry(user, product))
+    async with uow(readonly=True) as work:  # the add had committed; the remove too
+        assert await work.favorites.count_for_user(user) == 0
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_concurrent_adds_never_exceed_the_cap(postgres_url: str) -> None:
+    """The cap is exact under concurrency: each add counts after taking the user's lock, in
+    the same round trip as its insert."""
+    engine = create_engine(postgres_url, PoolSettings(1, 12, 5000))
+    try:
+        uow = SqlUnitOfWorkFactory(engine)
+        user, cap = uuid.uuid4(), 5
+        products = [uuid.uuid4() for _ in range(12)]
+
+        async def add(product: uuid.UUID) -> AddOutcome:
+            async with uow(user_id=user) as work:
+                outcome, _ = await work.favorites.add(Favorite(user, product, T0), cap,
+                                                      _entry(user, product))
+                await work.commit()
+            return outcome
+
+        outcomes = await asyncio.gather(*(add(p) for p in products))
+        assert sorted(outcomes) == sorted([AddOutcome.CREATED] * cap
+                                          + [AddOutcome.FULL] * (len(products) - cap))
+        async with uow(readonly=True) as work:
+            assert await work.favorites.count_for_user(user) == cap
+            audited = (await work.audit._conn.execute(
+                sa.select(sa.func.count()).select_from(audit_log)
+                .where(audit_log.c.subject_user_id == str(user)))).scalar_one()
+        assert audited == cap
+    finally:
+        await engine.dispose()

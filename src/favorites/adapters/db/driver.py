@@ -36,13 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from favorites.adapters.db.repository import (
     FIRST_PAGE_JSON_SQL,
+    Executes,
     SqlAuditRepository,
     SqlFavoritesRepository,
     SqlProductsRepository,
     SqlRevokedTokenRepository,
     advisory_key,
 )
-from favorites.domain.models import AuditEntry, Favorite
+from favorites.domain.models import AddOutcome, AuditEntry, Favorite
 from favorites.domain.pages import FirstPage
 
 #: ``observe(statement)`` -> a context manager around one statement (metrics and a span).
@@ -90,18 +91,41 @@ DELETE = "DELETE FROM favorites WHERE user_id = $1 AND product_id = $2 RETURNING
 RECORD_AUDIT = ("INSERT INTO audit_log (occurred_at, actor_id, actor_type, action,"
                 " subject_user_id, product_id, request_id, outcome)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+#: Adding one favorite: lock, look, count, insert and audit in one round trip (migration 0003).
+ADD = "SELECT result, stored_at FROM favorites_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+#: Removing one favorite and its audit row in one statement, so one round trip and atomic alone.
+REMOVE = """
+WITH removed AS (
+    DELETE FROM favorites WHERE user_id = $1 AND product_id = $2 RETURNING product_id)
+INSERT INTO audit_log (occurred_at, actor_id, actor_type, action, subject_user_id, product_id,
+                       request_id, outcome)
+SELECT $3::timestamptz, $4::varchar, $5::varchar, $6::varchar, $7::varchar, product_id,
+       $8::varchar, $9::varchar
+FROM removed
+RETURNING product_id
+"""
+#: What each statement does, where its first word does not say it (``observability.db``).
+OPERATIONS = {ADD: "insert", REMOVE: "delete"}
 
 #: Errors after which the connection cannot be trusted with another statement.
 _BROKEN = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
 
 
 class DriverConnection:
-    """One pooled connection's asyncpg side, for the repositories of one unit of work."""
+    """One pooled connection's asyncpg side, for the repositories of one unit of work.
+
+    A writing unit of work's transaction begins with its first statement (``begin_lazily``), not
+    when the connection is checked out: a unit of work whose only statement is atomic by itself
+    (``fetchrow_alone``) then needs no BEGIN and no COMMIT, one round trip instead of three.
+    """
 
     def __init__(self, driver: asyncpg.Connection, observe: Observe):
         self._driver = driver
         self._observe = observe
         self.broken = False
+        self._pending: DriverTransaction | None = None
+        #: A statement already committed by itself: no transaction may follow in this unit.
+        self._alone = False
 
     @classmethod
     async def of(cls, conn: AsyncConnection) -> DriverConnection:
@@ -113,7 +137,23 @@ class DriverConnection:
         observe = _observers.get(conn.sync_engine, _unobserved)
         return cls(pooled.driver_connection, observe)
 
+    def begin_lazily(self) -> DriverTransaction:
+        """The unit of work's transaction, begun (BEGIN sent) just before its first statement."""
+        transaction = self._pending = DriverTransaction(self)
+        return transaction
+
+    async def in_transaction(self) -> None:
+        """Called before every statement of the unit of work: begins the pending transaction."""
+        if self._alone:
+            raise RuntimeError("a statement that committed by itself must be the only one of its"
+                               " unit of work")
+        if self._pending is not None:
+            transaction, self._pending = self._pending, None
+            await transaction.run("start", "BEGIN")
+
     async def fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
+        if self._pending is not None or self._alone:
+            await self.in_transaction()
         try:
             with self._observe(statement):
                 rows: list[asyncpg.Record] = await self._driver.fetch(statement, *args)
@@ -122,6 +162,8 @@ class DriverConnection:
             raise self._translate(exc, statement, args) from exc
 
     async def fetchval(self, statement: str, *args: Any) -> Any:
+        if self._pending is not None or self._alone:
+            await self.in_transaction()
         try:
             with self._observe(statement):
                 return await self._driver.fetchval(statement, *args)
@@ -129,16 +171,28 @@ class DriverConnection:
             raise self._translate(exc, statement, args) from exc
 
     async def execute(self, statement: str, *args: Any) -> None:
+        if self._pending is not None or self._alone:
+            await self.in_transaction()
         try:
             with self._observe(statement):
                 await self._driver.execute(statement, *args)
         except Exception as exc:
             raise self._translate(exc, statement, args) from exc
 
-    async def begin(self) -> DriverTransaction:
-        transaction = DriverTransaction(self)
-        await transaction.run("start", "BEGIN")
-        return transaction
+    async def fetchrow_alone(self, statement: str, *args: Any) -> asyncpg.Record | None:
+        """A statement that is atomic by itself: sent without BEGIN when it is the unit of
+        work's first, and then its only one (it has committed when it returns); inside the
+        transaction when statements came before it."""
+        if self._alone:
+            await self.in_transaction()  # raises
+        if self._pending is not None:
+            self._pending, self._alone = None, True
+        try:
+            with self._observe(statement):
+                row: asyncpg.Record | None = await self._driver.fetchrow(statement, *args)
+                return row
+        except Exception as exc:
+            raise self._translate(exc, statement, args) from exc
 
     def _translate(self, exc: Exception, statement: str, args: Sequence[Any]) -> Exception:
         if isinstance(exc, _BROKEN):
@@ -151,6 +205,22 @@ class DriverConnection:
         return exc  # OSError, TimeoutError: the HTTP layer knows them as they are
 
 
+class InTransaction:
+    """The unit of work's SQLAlchemy connection for the statements that go through SQLAlchemy:
+    the first of them begins the driver's pending transaction too, so SQLAlchemy's own nests
+    in it (a savepoint) as it would have if BEGIN had been sent at check-out."""
+
+    __slots__ = ("_conn", "_driver")
+
+    def __init__(self, conn: AsyncConnection, driver: DriverConnection):
+        self._conn = conn
+        self._driver = driver
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        await self._driver.in_transaction()
+        return await self._conn.execute(statement, parameters)
+
+
 class DriverTransaction:
     """The unit of work's transaction, owned by asyncpg (SQLAlchemy's own nest inside it)."""
 
@@ -158,11 +228,13 @@ class DriverTransaction:
         self._connection = connection
         self._transaction = connection._driver.transaction()
         self.active = False
+        self._started = False
 
     async def run(self, step: str, statement: str) -> None:
         # A COMMIT or ROLLBACK ends the transaction even when it fails (the server rolls back a
         # COMMIT it refuses), so nothing is left to roll back afterwards.
         self.active = False
+        self._started = self._started or step == "start"
         try:
             with self._connection._observe(statement):
                 await getattr(self._transaction, step)()
@@ -171,7 +243,8 @@ class DriverTransaction:
         self.active = step == "start"
 
     async def commit(self) -> None:
-        await self.run("commit", "COMMIT")
+        if self._started:  # never begun: no statement needed it, nothing to commit
+            await self.run("commit", "COMMIT")
 
     async def rollback(self) -> None:
         await self.run("rollback", "ROLLBACK")
@@ -181,7 +254,7 @@ class DriverFavoritesRepository(SqlFavoritesRepository):
     """Reads, and the writes of adding and removing one favorite, on the driver; the rest falls
     through to SQLAlchemy (see the module doc)."""
 
-    def __init__(self, conn: AsyncConnection, driver: DriverConnection):
+    def __init__(self, conn: Executes, driver: DriverConnection):
         super().__init__(conn, "postgresql")
         self._db = driver
 
@@ -195,6 +268,25 @@ class DriverFavoritesRepository(SqlFavoritesRepository):
 
     async def delete(self, user_id: UUID, product_id: UUID) -> bool:
         return await self._db.fetchval(DELETE, user_id, product_id) is not None
+
+    async def add(self, favorite: Favorite, limit: int,
+                  audit: AuditEntry) -> tuple[AddOutcome, Favorite]:
+        row = await self._db.fetchrow_alone(
+            ADD, advisory_key(favorite.user_id), favorite.user_id, favorite.product_id,
+            favorite.created_at, limit, audit.actor_id, audit.actor_type, audit.action.value,
+            audit.subject_user_id, audit.request_id, audit.outcome)
+        assert row is not None, "favorites_add returns one row"
+        outcome = AddOutcome(row[0])
+        if outcome is AddOutcome.EXISTS:
+            return outcome, Favorite(favorite.user_id, favorite.product_id, row[1])
+        return outcome, favorite
+
+    async def remove(self, user_id: UUID, product_id: UUID, audit: AuditEntry,
+                     at: datetime) -> bool:
+        row = await self._db.fetchrow_alone(
+            REMOVE, user_id, product_id, at, audit.actor_id, audit.actor_type,
+            audit.action.value, audit.subject_user_id, audit.request_id, audit.outcome)
+        return row is not None
 
     async def get(self, user_id: UUID, product_id: UUID) -> Favorite | None:
         created_at = await self._db.fetchval(GET, user_id, product_id)
@@ -225,7 +317,7 @@ class DriverFavoritesRepository(SqlFavoritesRepository):
 
 
 class DriverAuditRepository(SqlAuditRepository):
-    def __init__(self, conn: AsyncConnection, driver: DriverConnection):
+    def __init__(self, conn: Executes, driver: DriverConnection):
         super().__init__(conn, "postgresql")
         self._db = driver
 
@@ -236,7 +328,7 @@ class DriverAuditRepository(SqlAuditRepository):
 
 
 class DriverProductsRepository(SqlProductsRepository):
-    def __init__(self, conn: AsyncConnection, driver: DriverConnection):
+    def __init__(self, conn: Executes, driver: DriverConnection):
         super().__init__(conn, "postgresql")
         self._db = driver
 
@@ -246,7 +338,7 @@ class DriverProductsRepository(SqlProductsRepository):
 
 
 class DriverRevokedTokenRepository(SqlRevokedTokenRepository):
-    def __init__(self, conn: AsyncConnection, driver: DriverConnection):
+    def __init__(self, conn: Executes, driver: DriverConnection):
         super().__init__(conn, "postgresql")
         self._db = driver
 

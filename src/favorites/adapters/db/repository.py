@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, Protocol
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from favorites.adapters.db.tables import (
     audit_log,
@@ -24,7 +24,7 @@ from favorites.adapters.db.tables import (
     refresh_tokens,
     revoked_tokens,
 )
-from favorites.domain.models import AuditEntry, Favorite
+from favorites.domain.models import AddOutcome, AuditEntry, Favorite
 from favorites.domain.pages import FirstPage
 from favorites.service_layer.ports import RefreshTokenRecord
 
@@ -118,8 +118,14 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+class Executes(Protocol):
+    """What the repositories need of a connection: SQLAlchemy's, or ``driver.InTransaction``."""
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any: ...
+
+
 class _Repo:
-    def __init__(self, conn: AsyncConnection, dialect: str):
+    def __init__(self, conn: Executes, dialect: str):
         self._conn = conn
         self._pg = dialect == "postgresql"
 
@@ -165,6 +171,26 @@ class SqlFavoritesRepository(_Repo):
     async def delete(self, user_id: UUID, product_id: UUID) -> bool:
         result = await self._conn.execute(_DELETE, {"user_id": user_id, "product_id": product_id})
         return result.first() is not None
+
+    async def add(self, favorite: Favorite, limit: int,
+                  audit: AuditEntry) -> tuple[AddOutcome, Favorite]:
+        # The steps of favorites_add() (migration 0003), one statement each.
+        await self.lock_user(favorite.user_id)
+        existing = await self.get(favorite.user_id, favorite.product_id)
+        if existing is not None:
+            return AddOutcome.EXISTS, existing
+        if await self.count_for_user(favorite.user_id) >= limit:
+            return AddOutcome.FULL, favorite
+        await self.insert(favorite)
+        await self._conn.execute(_RECORD_AUDIT, _audit_row(audit, favorite.created_at))
+        return AddOutcome.CREATED, favorite
+
+    async def remove(self, user_id: UUID, product_id: UUID, audit: AuditEntry,
+                     at: datetime) -> bool:
+        removed = await self.delete(user_id, product_id)
+        if removed:
+            await self._conn.execute(_RECORD_AUDIT, _audit_row(audit, at))
+        return removed
 
     async def page(
         self, user_id: UUID, limit: int, after: tuple[datetime, UUID] | None

@@ -25,6 +25,7 @@ from favorites.adapters.db.driver import (
     DriverProductsRepository,
     DriverRevokedTokenRepository,
     DriverTransaction,
+    InTransaction,
 )
 from favorites.adapters.db.recent_writers import InProcessRecentWriters, RecentWriters
 from favorites.adapters.db.replicas import ReadRouter, ReplicaSet
@@ -73,15 +74,18 @@ class SqlUnitOfWork:
         if dialect == "postgresql":
             try:
                 self._driver = driver = await DriverConnection.of(conn)
-                if not self._readonly:
-                    self._transaction = await driver.begin()
             except BaseException:
                 await self._release(conn)
                 raise
-            self.favorites = DriverFavoritesRepository(conn, driver)
-            self.products = DriverProductsRepository(conn, driver)
-            self.audit = DriverAuditRepository(conn, driver)
-            self.revoked_tokens = DriverRevokedTokenRepository(conn, driver)
+            if not self._readonly:
+                self._transaction = driver.begin_lazily()
+            # Statements through SQLAlchemy begin the driver's transaction first, too.
+            through = InTransaction(conn, driver)
+            self.favorites = DriverFavoritesRepository(through, driver)
+            self.products = DriverProductsRepository(through, driver)
+            self.audit = DriverAuditRepository(through, driver)
+            self.revoked_tokens = DriverRevokedTokenRepository(through, driver)
+            self.refresh_tokens = SqlRefreshTokenRepository(through, dialect)
         else:
             if not self._readonly:
                 await conn.execution_options(sqlite_immediate=True)
@@ -89,7 +93,7 @@ class SqlUnitOfWork:
             self.products = SqlProductsRepository(conn, dialect)
             self.audit = SqlAuditRepository(conn, dialect)
             self.revoked_tokens = SqlRevokedTokenRepository(conn, dialect)
-        self.refresh_tokens = SqlRefreshTokenRepository(conn, dialect)
+            self.refresh_tokens = SqlRefreshTokenRepository(conn, dialect)
         return self
 
     async def commit(self) -> None:
