@@ -424,3 +424,43 @@ async def test_a_failed_flush_falls_back_to_limiting_in_process() -> None:
         assert limiter.failures == 1
     finally:
         await limiter.close()
+
+
+@pytest.mark.redis
+async def test_a_flush_is_one_command_and_keeps_the_expiry_a_key_already_has(
+    own_redis: OwnRedis,
+) -> None:
+    """On a single node a flush of many identities is one script call (its own Redis, so the
+    server's command counts are this test's), the totals come back, a key the flush creates
+    expires with its window and a key counted exactly before keeps the expiry it had."""
+    clock = [60.0 * (int(time.time() // 60) + 3000) + 1]
+    limiter = batching_limiter(own_redis.url, clock)
+    raw = aioredis.Redis.from_url(own_redis.url)
+    window = int(clock[0] // 60)
+    users = [str(uuid.uuid4()) for _ in range(300)]
+    old = f"favorites:ratelimit:user:{users[0]}:{window}"
+    try:
+        await limiter.hit("user", str(uuid.uuid4()))
+        await limiter.flush()  # first use: the server learns the script
+        await raw.set(old, 10, ex=7)
+        before = await raw.info("commandstats")
+        for user in users:
+            assert (await limiter.hit("user", user)).allowed
+        await limiter.flush()
+        after = await raw.info("commandstats")
+
+        def calls(command: str) -> int:
+            def count(stats: dict[str, dict[str, int]]) -> int:
+                return stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+            return count(after) - count(before)
+
+        assert calls("evalsha") == 1
+        assert calls("incrby") == len(users)  # from inside the script
+        assert calls("expire") == len(users) - 1
+        assert int(await raw.get(old)) == 11
+        assert 0 < await raw.ttl(old) <= 7
+        assert 0 < await raw.ttl(f"favorites:ratelimit:user:{users[1]}:{window}") <= 60
+        assert (await limiter.hit("user", users[0])).remaining == 100 - 12  # total read back
+    finally:
+        await limiter.close()
+        await raw.aclose()
