@@ -6,6 +6,7 @@ import gc
 import os
 import time
 import uuid
+from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -294,7 +295,7 @@ def test_active_users_are_a_union_across_workers(tmp_path: Path,
     other.seen(gone)
     other._seen[gone.bytes] = time.time() - 301  # seen before the window
     monkeypatch.setattr(os, "getpid", lambda: 1)
-    other.write(list(other._seen.items()))
+    other.write((b"".join(other._seen), array("d", other._seen.values()).tobytes()))
     monkeypatch.setattr(os, "getpid", lambda: 2)
     me = ActiveUsers(tmp_path)
     me.seen(shared)
@@ -307,6 +308,34 @@ def test_active_users_are_a_union_across_workers(tmp_path: Path,
     me.remove_file()  # a worker that stops
     monkeypatch.setattr(os, "getpid", lambda: 3)
     assert ActiveUsers(tmp_path).count() == 1
+
+
+def test_active_users_forget_only_who_was_not_seen_within_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user seen again stays, however long ago they were first seen; pruning visits only the
+    users who left the window (kept in the order last seen), and the file written from the
+    snapshot says the same to the other workers."""
+    clock = [10_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    early, middle, late = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    mine = ActiveUsers(tmp_path)
+    mine.seen(early)
+    clock[0] += 100
+    mine.seen(middle)
+    clock[0] += 150
+    mine.seen(early)  # seen again: now the most recent
+    mine.seen(late)
+    clock[0] += 200  # middle (seen 350 s ago) has left the window, early (200 s) has not
+    mine.prune()
+    assert list(mine._seen) == [early.bytes, late.bytes]
+    assert mine.count() == 2
+    monkeypatch.setattr(os, "getpid", lambda: 4)
+    mine.write(mine.snapshot())
+    monkeypatch.setattr(os, "getpid", lambda: 5)
+    assert ActiveUsers(tmp_path).count() == 2
+    clock[0] += 250  # early and late both 450 s ago
+    assert ActiveUsers(tmp_path).count() == 0
 
 
 async def test_metrics_are_not_in_the_api_schema_and_move_off_the_app_in_production(

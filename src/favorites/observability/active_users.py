@@ -11,57 +11,67 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import time
+from array import array
 from pathlib import Path
 from uuid import UUID
 
 from favorites.observability import multiproc
 
 WINDOW_SECONDS = 300.0
-_RECORD = struct.Struct("<16sd")
+_KEY = 16  # a user id's bytes
+_TIME = array("d").itemsize
 _PREFIX = "active_users_"
-#: Prune in the request path only when a burst made the map this large between flushes.
-_PRUNE_AT = 500_000
+
+#: A worker's file: every user id (16 bytes each), then their last-seen times (native doubles)
+#: in the same order. Built with two C-level joins: a record packed per user in Python was 45 ms
+#: on the event loop and 25 ms more in a thread, every two seconds, with 100,000 users.
+Snapshot = tuple[bytes, bytes]
 
 
 class ActiveUsers:
     def __init__(self, directory: Path | None = None, window: float = WINDOW_SECONDS):
         self.directory = directory
         self.window = window
+        #: user id -> last seen, in the order last seen (the oldest first), so forgetting the
+        #: users who left the window only visits those.
         self._seen: dict[bytes, float] = {}
         #: Someone new since the last ``snapshot``: worth telling the other workers soon.
         self.new_users = False
 
     def seen(self, user_id: UUID) -> None:
         key = user_id.bytes
-        if key not in self._seen:
+        if self._seen.pop(key, None) is None:
             self.new_users = True
-            if len(self._seen) > _PRUNE_AT:
-                self.prune()
         self._seen[key] = time.time()
 
     def prune(self) -> None:
         """Forget users older than the window (call from the thread that calls ``seen``)."""
         cutoff = time.time() - self.window
-        self._seen = {key: seen for key, seen in list(self._seen.items()) if seen >= cutoff}
+        expired = []
+        for key, seen in self._seen.items():
+            if seen >= cutoff:
+                break
+            expired.append(key)
+        for key in expired:
+            del self._seen[key]
 
     def _own_file(self) -> Path | None:
         return None if self.directory is None else self.directory / f"{_PREFIX}{os.getpid()}.bin"
 
-    def snapshot(self) -> list[tuple[bytes, float]]:
+    def snapshot(self) -> Snapshot:
         """This worker's recent users; taken on the event loop, written by ``write`` elsewhere."""
         self.prune()
         self.new_users = False
-        return list(self._seen.items())
+        return b"".join(self._seen), array("d", self._seen.values()).tobytes()
 
-    def write(self, users: list[tuple[bytes, float]]) -> None:
+    def write(self, users: Snapshot) -> None:
         """Share ``users`` with the other workers (atomic: write, then rename)."""
         target = self._own_file()
         if target is None:
             return
         partial = target.with_suffix(".tmp")
-        partial.write_bytes(b"".join(_RECORD.pack(key, seen) for key, seen in users))
+        partial.write_bytes(users[0] + users[1])
         os.replace(partial, target)
 
     def remove_file(self) -> None:
@@ -83,10 +93,16 @@ class ActiveUsers:
                     data = path.read_bytes()
                 except FileNotFoundError:  # its worker just stopped
                     continue
-                usable = len(data) - len(data) % _RECORD.size
-                users.update(key for key, seen in _RECORD.iter_unpack(data[:usable])
-                             if seen >= cutoff)
+                users.update(_recent(data, cutoff))
         return len(users)
+
+
+def _recent(data: bytes, cutoff: float) -> list[bytes]:
+    """The user ids of one worker's file seen at or after ``cutoff``."""
+    size = len(data) // (_KEY + _TIME)
+    times = array("d")
+    times.frombytes(data[size * _KEY:size * (_KEY + _TIME)])
+    return [data[i * _KEY:(i + 1) * _KEY] for i, seen in enumerate(times) if seen >= cutoff]
 
 
 _tracker: ActiveUsers | None = None

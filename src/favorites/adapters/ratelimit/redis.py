@@ -17,15 +17,15 @@ trip, so a client hammering past its limit costs Redis nothing.
 
 Batched counting far below the limit: a round trip per request was a tenth of a cached read's CPU,
 spent confirming that a user at 3 requests of 100 may go on. So while an identity's count, as last
-read from Redis plus what this instance has allowed since, stays at or under ``BATCH_FRACTION`` of
-a limit of at least ``BATCH_MIN_LIMIT``, the request is allowed and counted locally; every
-``FLUSH_INTERVAL`` seconds one round trip (a script on one node, a pipeline on a cluster) adds
-the local counts to Redis and reads the shared totals back. Above that fraction every request is counted in Redis before it is answered
-(together with its instance's unflushed count), so the limit itself is enforced on the shared
-count. The price: ``RateLimit-Remaining`` far below the limit can lag other instances by one
-flush interval, and in the worst case N instances each allow ``BATCH_FRACTION`` of the limit
-before their first flush (N x 50 for 100/minute), once per window. Small limits (tests, tight
-abuse limits) are always counted exactly.
+read from Redis plus what this instance has allowed since, stays at or under ``BATCH_FRACTION`` of a
+limit of at least ``BATCH_MIN_LIMIT``, the request is allowed and counted locally; every
+``FLUSH_INTERVAL`` seconds one round trip (a script on one node, a pipeline on a cluster) adds the
+local counts to Redis and reads the shared totals back. Above that fraction every request is counted
+in Redis before it is answered (together with its instance's unflushed count), so the limit itself
+is enforced on the shared count. The price: ``RateLimit-Remaining`` far below the limit can lag
+other instances by one flush interval, and in the worst case N instances each allow
+``BATCH_FRACTION`` of the limit before their first flush (N x 50 for 100/minute), once per window.
+Small limits (tests, tight abuse limits) are always counted exactly.
 """
 
 from __future__ import annotations
