@@ -524,6 +524,7 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
         first_load, _ = plan[0]
         if args.warmup > 0:
             print(f"warm-up {args.warmup:g} s ...")
+            warm_log_start = server.log_size()
             if args.mode == "open":
                 await open_loop(pool, workload, first_load, args.warmup)
             else:
@@ -534,6 +535,12 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
                   f"p50 {warm['latency'].get('p50_ms', 0):.1f} ms")
             if warm["errors"]:
                 print("  first errors: " + "\n  ".join(warm["error_samples"][:3]))
+            # What the server warned about while warming up (a breaker that opened, a cache
+            # dropped) explains the step that follows, so it is reported, not left unmeasured.
+            warm_problems = server.log_problems(warm_log_start)
+            context["warmup_server_log_problems"] = warm_problems
+            for message, count in warm_problems["counts"].items():
+                print(f"  server during warm-up: {count} x {message}")
         for load, duration in plan:
             if args.mode == "closed":
                 await pool.close()
