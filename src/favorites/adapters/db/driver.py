@@ -9,11 +9,13 @@ So units of work on PostgreSQL keep SQLAlchemy's pool (sizes, replica routing, p
 metrics) but send the statements of the hot paths with asyncpg, whose own per-connection cache
 prepares each one once. A read-only unit of work runs outside a transaction (each statement
 commits on its own: one round trip per read). A writing one runs in a transaction of the driver's
-(``DriverTransaction``); the statements that are not below (bulk changes, erasure, tokens) still
-go through SQLAlchemy Core on the same connection, where asyncpg nests them in a savepoint of
-that transaction, so a unit of work stays all or nothing whichever path its statements take. The
-statements below answer exactly what ``repository``'s do; the repository contract tests run both
-against the same data.
+(``DriverTransaction``), begun just before its first statement; the statements that are not below
+(bulk changes, erasure, tokens) still go through SQLAlchemy Core on the same connection
+(``InTransaction``), where asyncpg nests them in a savepoint of that transaction, so a unit of
+work stays all or nothing whichever path its statements take. Adding and removing one favorite
+are each one statement that is atomic by itself (``ADD``, ``REMOVE``): alone in their unit of
+work they need no transaction, so BEGIN and COMMIT are never sent. The statements below answer
+exactly what ``repository``'s do; the repository contract tests run both against the same data.
 
 Driver errors are raised as SQLAlchemy's, with the driver's exception (and its SQLSTATE) as
 ``orig``, so the HTTP layer tells "the database cannot answer" (503) from a bug (500) as it
