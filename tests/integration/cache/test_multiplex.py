@@ -162,3 +162,36 @@ async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
         await redis.aclose()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_busy_event_loop_is_not_taken_for_a_hung_server(server: RedisServer, loop: str) -> None:
+    """The process stalls (a long callback, a full garbage collection, CPU taken by others) while
+    the reply is already in the socket. uvloop runs due timers before it reads sockets, so the
+    watchdog must not judge the connection before the loop has read what arrived meanwhile: a
+    server that answered is not hung, and its callers get their replies."""
+    import uvloop
+
+    async def scenario() -> None:
+        redis = _client(server)
+        await redis.execute("SET", "k", "v")  # connected
+        for turns in (1, 2):  # stalled before the commands were written, then after
+            pending = [asyncio.ensure_future(redis.execute("GET", "k")) for _ in range(3)]
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            assert not any(future.done() for future in pending)
+            time.sleep(0.3)  # noqa: ASYNC251 -- the stall under test: three read timeouts
+            assert await asyncio.gather(*pending) == [b"v"] * 3
+        assert await redis.execute("GET", "k") == b"v"
+        server.pause()  # a server that really does not answer still fails fast
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError):
+            await redis.execute("GET", "k")
+        assert time.monotonic() - started < 0.5
+        server.resume()
+        await redis.aclose()
+
+    if loop == "uvloop":
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())

@@ -20,6 +20,12 @@ Failure behaviour, which the circuit breaker (``gate``) relies on:
   reconnects. One timer per connection watches the oldest such command, so every call is bounded
   (by at most twice ``read_timeout``) without the cost of a timeout per call; the gate relies on
   this instead of wrapping each call in ``asyncio.timeout``.
+- A process that was busy is not a hung server. When the timer fires late (a long callback, a
+  full garbage collection, the CPU taken by others), the reply may be in the socket unread, or
+  the command still unsent: uvloop runs due timers before it reads sockets. Then the oldest
+  command gets one more ``read_timeout`` from now, once; a hung server is still found, within
+  three ``read_timeout`` plus the stall. Without this, every stall longer than ``read_timeout``
+  failed the commands in flight, which the breaker and the cache epoch take for an outage.
 - A closed or reset connection fails every waiting caller at once; the next command reconnects
   (within ``connect_timeout``), authenticating and selecting the database as redis-py would.
 """
@@ -38,6 +44,9 @@ from redis.exceptions import ResponseError
 
 from favorites.transports import CoalescingTransport
 
+#: A watchdog firing this much after it was due found the event loop busy (see the module doc).
+_LATE = 0.01
+
 
 class _Connection(asyncio.Protocol):
     def __init__(self, read_timeout: float) -> None:
@@ -50,6 +59,9 @@ class _Connection(asyncio.Protocol):
         self._read_timeout = read_timeout
         #: One timer for the whole connection, not one per command (see ``_check``).
         self._watchdog: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        #: The sending time of the command last given more time after a late check.
+        self._graced: float | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,23 +100,31 @@ class _Connection(asyncio.Protocol):
         self._pending.append(entry)
         self._transport.write(hiredis.pack_command(args))
         if self._watchdog is None:
-            self._watchdog = self._loop.call_at(entry[1] + self._read_timeout, self._check)
+            self._arm(entry[1] + self._read_timeout)
         return entry
+
+    def _arm(self, due: float) -> None:
+        self._due = due
+        self._watchdog = self._loop.call_at(due, self._check)
 
     def _check(self) -> None:
         """The oldest command has waited ``read_timeout``: if it is still unanswered the
         connection is hung, and closing it fails every waiting command at once. Callers get
         their deadline from this, within one ``read_timeout``, without a timer per command."""
         self._watchdog = None
+        now = self._loop.time()
         # Abandoned commands keep their places (their replies are still to come), but only a
         # command someone waits for decides.
         oldest = next((sent for future, sent in self._pending if not future.done()), None)
         if oldest is None:
             return
-        if self._loop.time() - oldest >= self._read_timeout:
-            self.close()
+        if now - oldest < self._read_timeout:
+            self._arm(oldest + self._read_timeout)
+        elif now - self._due > _LATE and self._graced != oldest:
+            self._graced = oldest  # the loop was busy: let it send and read first (module doc)
+            self._arm(now + self._read_timeout)
         else:
-            self._watchdog = self._loop.call_at(oldest + self._read_timeout, self._check)
+            self.close()
 
     def close(self) -> None:
         if not self.closed and self._transport is not None:
