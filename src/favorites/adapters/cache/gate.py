@@ -10,7 +10,6 @@ exported as ``circuit_breaker_state{dependency="redis"}``.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -23,6 +22,7 @@ from favorites.adapters.cache.epoch import CacheEpoch
 from favorites.adapters.cache.multiplex import MultiplexedRedis
 from favorites.adapters.cache.redis_client import RedisClient
 from favorites.adapters.catalog.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from favorites.deadlines import deadline
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ class RedisGate:
             if bounded:
                 result = await op()
             else:
-                async with asyncio.timeout(self.deadline):
+                async with deadline(self.deadline):
                     result = await op()
         except REDIS_ERRORS:
             self.failures += 1

@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from favorites.adapters.catalog.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from favorites.deadlines import deadline
 from favorites.domain.errors import DependencyUnavailable
 
 log = logging.getLogger("favorites.catalog")
@@ -141,7 +142,7 @@ class HttpCatalog:
             raise DependencyUnavailable("the product service is unavailable (circuit open)",
                                         retry_after=exc.retry_after) from None
         try:
-            async with asyncio.timeout(self._deadline):
+            async with deadline(self._deadline):
                 found = await lookup(ids)
         except _Unavailable as exc:
             raise self._failed(exc.reason) from None

@@ -14,7 +14,6 @@ Reads on instance A, and everything once the replica catches up, stay correct.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -23,6 +22,8 @@ from typing import Protocol
 from uuid import UUID
 
 from redis.asyncio import Redis, RedisCluster
+
+from favorites.deadlines import deadline
 
 log = logging.getLogger("favorites.db.routing")
 
@@ -126,7 +127,7 @@ class RedisRecentWriters:
         if not self.redis_available:
             return
         try:
-            async with asyncio.timeout(self._timeout):
+            async with deadline(self._timeout):
                 await self._client.set(self.key(user_id), b"1", px=max(1, int(self.window * 1000)))
         except Exception as exc:  # best effort by design: the local mark still holds
             self._failed(exc)
@@ -137,7 +138,7 @@ class RedisRecentWriters:
         if not self.redis_available:
             return False
         try:
-            async with asyncio.timeout(self._timeout):
+            async with deadline(self._timeout):
                 return bool(await self._client.exists(self.key(user_id)))
         except Exception as exc:  # fall back to the local answer (False), see module docstring
             self._failed(exc)

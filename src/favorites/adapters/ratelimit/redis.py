@@ -44,6 +44,7 @@ from redis.backoff import NoBackoff
 
 from favorites.adapters.ratelimit.memory import InProcessRateLimiter
 from favorites.adapters.ratelimit.port import Decision, RateLimit, Scope
+from favorites.deadlines import deadline
 from favorites.tasks import cancel_and_wait
 
 log = logging.getLogger("favorites.ratelimit")
@@ -200,7 +201,7 @@ class RedisRateLimiter:
         counts.pending.pop(identity, None)
         self._unsent.pop(key, None)
         try:
-            async with asyncio.timeout(self._deadline):
+            async with deadline(self._deadline):
                 count = await self._storage.incr(key, rate.period, amount=amount)
         except self._errors as exc:
             self._trip(exc)
@@ -251,7 +252,7 @@ class RedisRateLimiter:
         client = bridge.get_connection()
         keys = [bridge.prefixed_key(key) for key, *_ in sent]
         try:
-            async with asyncio.timeout(self._deadline):
+            async with deadline(self._deadline):
                 if self._flush_script is not None:
                     args = [value for _, _, _, amount, period in sent for value in (amount, period)]
                     totals = await self._flush_script(keys=keys, args=args, client=client)
