@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from favorites.adapters.db.checkout import check_in, check_out
 from favorites.adapters.db.engine import async_url
+from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 
 pytestmark = pytest.mark.postgres
 
@@ -106,3 +107,15 @@ async def test_a_recycled_connection_is_closed_and_replaced(
     assert new != old
     assert len(greenlet_starts) == 2  # the first opening and the replacement
     assert await _backends(postgres_url, name, 1) == 1  # the old one did not linger
+
+
+async def test_units_of_work_pinned_to_the_primary_take_an_idle_connection_too(
+        engine: AsyncEngine, greenlet_starts: list[AsyncConnection]) -> None:
+    """Reads that must not lag (product existence while adding, revocations) go through
+    ``on_primary()``: the same check-out as every other unit of work."""
+    pinned = SqlUnitOfWorkFactory(engine).on_primary()
+    for _ in range(3):
+        async with pinned(readonly=True) as work:
+            assert await work.products.existing([uuid.uuid4()]) == set()
+    assert len(greenlet_starts) == 1  # the first opening only
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]

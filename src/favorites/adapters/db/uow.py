@@ -227,4 +227,4 @@ class _PinnedRouter(ReadRouter):
         super().__init__(router.primary, router.replicas, router.writers)
 
     async def connect(self, *, readonly: bool, user_id: UUID | None) -> AsyncConnection:
-        return await self.primary.connect()
+        return await check_out(self.primary)
