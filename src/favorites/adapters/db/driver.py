@@ -25,7 +25,7 @@ always has. A connection that broke is invalidated, never handed to the next req
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -144,55 +144,50 @@ class DriverConnection:
         transaction = self._pending = DriverTransaction(self)
         return transaction
 
-    async def in_transaction(self) -> None:
+    async def before_statement(self) -> None:
         """Called before every statement of the unit of work: begins the pending transaction."""
-        if self._alone:
-            raise RuntimeError("a statement that committed by itself must be the only one of its"
-                               " unit of work")
+        self._refuse_after_alone()
         if self._pending is not None:
             transaction, self._pending = self._pending, None
             await transaction.run("start", "BEGIN")
 
+    def _refuse_after_alone(self) -> None:
+        if self._alone:
+            raise RuntimeError("a statement that committed by itself must be the only one of its"
+                               " unit of work")
+
     async def fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
         if self._pending is not None or self._alone:
-            await self.in_transaction()
-        try:
-            with self._observe(statement):
-                rows: list[asyncpg.Record] = await self._driver.fetch(statement, *args)
-                return rows
-        except Exception as exc:
-            raise self._translate(exc, statement, args) from exc
+            await self.before_statement()
+        rows: list[asyncpg.Record] = await self._send(self._driver.fetch, statement, args)
+        return rows
 
     async def fetchval(self, statement: str, *args: Any) -> Any:
         if self._pending is not None or self._alone:
-            await self.in_transaction()
-        try:
-            with self._observe(statement):
-                return await self._driver.fetchval(statement, *args)
-        except Exception as exc:
-            raise self._translate(exc, statement, args) from exc
+            await self.before_statement()
+        return await self._send(self._driver.fetchval, statement, args)
 
     async def execute(self, statement: str, *args: Any) -> None:
         if self._pending is not None or self._alone:
-            await self.in_transaction()
-        try:
-            with self._observe(statement):
-                await self._driver.execute(statement, *args)
-        except Exception as exc:
-            raise self._translate(exc, statement, args) from exc
+            await self.before_statement()
+        await self._send(self._driver.execute, statement, args)
 
     async def fetchrow_alone(self, statement: str, *args: Any) -> asyncpg.Record | None:
         """A statement that is atomic by itself: sent without BEGIN when it is the unit of
         work's first, and then its only one (it has committed when it returns); inside the
         transaction when statements came before it."""
-        if self._alone:
-            await self.in_transaction()  # raises
+        self._refuse_after_alone()
         if self._pending is not None:
             self._pending, self._alone = None, True
+        row: asyncpg.Record | None = await self._send(self._driver.fetchrow, statement, args)
+        return row
+
+    async def _send(self, method: Callable[..., Awaitable[Any]], statement: str,
+                    args: tuple[Any, ...]) -> Any:
+        """One statement, measured and traced; the driver's errors raised as SQLAlchemy's."""
         try:
             with self._observe(statement):
-                row: asyncpg.Record | None = await self._driver.fetchrow(statement, *args)
-                return row
+                return await method(statement, *args)
         except Exception as exc:
             raise self._translate(exc, statement, args) from exc
 
@@ -219,7 +214,7 @@ class InTransaction:
         self._driver = driver
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        await self._driver.in_transaction()
+        await self._driver.before_statement()
         return await self._conn.execute(statement, parameters)
 
 
