@@ -188,7 +188,7 @@ async def test_audit_pseudonymisation(uow: SqlUnitOfWorkFactory) -> None:
     async with uow(readonly=True) as work:
         conn = work._conn
         assert conn is not None
-        rows = (await conn.execute(
+        rows = (await conn.sqlalchemy().execute(
             sa.select(audit_log.c.actor_id, audit_log.c.subject_user_id)
             .where(audit_log.c.request_id == "r1", audit_log.c.actor_id == "erased:abc")
         )).all()

@@ -15,6 +15,7 @@ import psycopg
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from favorites.adapters.db.checkout import Checkout
 from favorites.adapters.db.driver import DriverConnection, DriverFavoritesRepository
 from favorites.adapters.db.repository import SqlFavoritesRepository
 
@@ -69,7 +70,7 @@ async def explain_driver(
     verbose: bool = False,
 ) -> dict[str, Any]:
     """``explain`` for the driver's repository: the statement captured on its way to asyncpg."""
-    driver = await DriverConnection.of(conn)
+    driver = DriverConnection.of(Checkout.of(conn.engine, conn))
     captured: list[tuple[str, tuple[Any, ...]]] = []
     fetch, fetchval = driver.fetch, driver.fetchval
 

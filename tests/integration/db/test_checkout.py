@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from favorites.adapters.db.checkout import check_in, check_out
+from favorites.adapters.db.checkout import check_out
 from favorites.adapters.db.engine import async_url
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 
@@ -52,10 +54,11 @@ def greenlet_starts(engine: AsyncEngine,
 async def _pid(engine: AsyncEngine) -> int:
     conn = await check_out(engine)
     try:
-        return int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+        return int((await conn.sqlalchemy().execute(
+            sa.text("SELECT pg_backend_pid()"))).scalar_one())
     finally:
-        await conn.rollback()
-        await check_in(conn)
+        await conn.sqlalchemy().rollback()
+        await conn.release()
 
 
 async def _backends(postgres_url: str, name: str, expected: int) -> int:
@@ -89,9 +92,9 @@ async def test_an_invalidated_connection_is_replaced_through_the_greenlet(
         engine: AsyncEngine, greenlet_starts: list[AsyncConnection], postgres_url: str,
         name: str) -> None:
     conn = await check_out(engine)
-    old = int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+    old = int((await conn.sqlalchemy().execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
     await conn.invalidate()  # e.g. after a disconnect: the pool must open a new one
-    await conn.close()
+    await conn.release()
     new = await _pid(engine)
     assert new != old
     assert len(greenlet_starts) == 2
@@ -118,4 +121,39 @@ async def test_units_of_work_pinned_to_the_primary_take_an_idle_connection_too(
         async with pinned(readonly=True) as work:
             assert await work.products.existing([uuid.uuid4()]) == set()
     assert len(greenlet_starts) == 1  # the first opening only
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_sqlalchemy_connections_are_built_only_for_statements_that_need_them(
+        engine: AsyncEngine, greenlet_starts: list[AsyncConnection],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statements on the driver need no ``Connection`` around the pooled one; one through
+    SQLAlchemy builds it over the same pooled connection, and both give it back."""
+    built: list[Connection] = []
+    init = Connection.__init__
+
+    def counting_init(self: Connection, sync_engine: Any, *args: Any, **kwargs: Any) -> None:
+        if sync_engine is engine.sync_engine:
+            built.append(self)
+        init(self, sync_engine, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "__init__", counting_init)
+    uow = SqlUnitOfWorkFactory(engine)
+    user = uuid.uuid4()
+    async with uow(readonly=True, user_id=user) as work:  # opens the pool's only connection
+        first = int(await work.favorites._db.fetchval("SELECT pg_backend_pid()"))
+    assert len(greenlet_starts) == 1  # the opening, through SQLAlchemy
+    opening = len(built)  # its own, and the dialect's first-connect one
+    assert opening >= 1
+    for _ in range(3):
+        async with uow(readonly=True, user_id=user) as work:
+            assert await work.favorites.first_page(user, 10) is not None
+            assert await work.favorites._db.fetchval("SELECT pg_backend_pid()") == first
+    assert len(built) == opening  # taken and given back without one
+    async with uow(user_id=user) as work:
+        assert await work.refresh_tokens.delete_for_user(user) == 0  # through SQLAlchemy
+        assert await work.favorites._db.fetchval("SELECT pg_backend_pid()") == first
+        await work.commit()
+    assert len(built) == opening + 1
+    assert len(greenlet_starts) == 1
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]

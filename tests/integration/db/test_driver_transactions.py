@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from favorites.adapters.db import driver
-from favorites.adapters.db.checkout import check_in
+from favorites.adapters.db.checkout import Checkout
 from favorites.adapters.db.driver import observe_statements
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.tables import audit_log
@@ -105,11 +105,11 @@ async def test_units_of_work_give_their_connection_back_without_a_greenlet(
 async def test_a_connection_with_a_transaction_open_is_given_back_through_the_greenlet(
     engine: AsyncEngine, greenlet_closes: list[AsyncConnection],
 ) -> None:
-    conn = await engine.connect()
-    await conn.execute(sa.text("CREATE TEMP TABLE left_open (id int)"))
+    conn = Checkout.of(engine, await engine.connect())
+    await conn.sqlalchemy().execute(sa.text("CREATE TEMP TABLE left_open (id int)"))
     assert conn.in_transaction()
-    await check_in(conn)
-    assert greenlet_closes == [conn]  # the pool rolled it back on check-in, with I/O
+    await conn.release()
+    assert greenlet_closes == [conn.sqlalchemy()]  # the pool rolled it back, with I/O
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     async with engine.connect() as again:  # the temp table's creation was rolled back
         assert (await again.execute(sa.text("SELECT to_regclass('left_open')"))).scalar() is None

@@ -75,7 +75,8 @@ async def served_by(factory: SqlUnitOfWorkFactory, **kwargs: object) -> str:
     async with factory(**kwargs) as work:  # type: ignore[arg-type]
         conn = work._conn
         assert conn is not None
-        in_recovery = (await conn.execute(sa.text("SELECT pg_is_in_recovery()"))).scalar_one()
+        in_recovery = (await conn.sqlalchemy().execute(
+            sa.text("SELECT pg_is_in_recovery()"))).scalar_one()
     return "replica" if in_recovery else "primary"
 
 

@@ -34,8 +34,8 @@ from uuid import UUID
 import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from favorites.adapters.db.checkout import Checkout
 from favorites.adapters.db.repository import (
     FIRST_PAGE_JSON_SQL,
     Executes,
@@ -130,14 +130,9 @@ class DriverConnection:
         self._alone = False
 
     @classmethod
-    async def of(cls, conn: AsyncConnection) -> DriverConnection:
-        # Just checked out, so the pooled connection is there and reaching it needs no I/O;
-        # ``get_raw_connection()`` would cost a greenlet (about 11 µs here) to return it.
-        sync = conn.sync_connection
-        assert sync is not None, "a started connection"
-        pooled = sync.connection
-        observe = _observers.get(conn.sync_engine, _unobserved)
-        return cls(pooled.driver_connection, observe)
+    def of(cls, checkout: Checkout) -> DriverConnection:
+        return cls(checkout.driver_connection,
+                   _observers.get(checkout.engine.sync_engine, _unobserved))
 
     def begin_lazily(self) -> DriverTransaction:
         """The unit of work's transaction, begun (BEGIN sent) just before its first statement."""
@@ -207,15 +202,15 @@ class InTransaction:
     the first of them begins the driver's pending transaction too, so SQLAlchemy's own nests
     in it (a savepoint) as it would have if BEGIN had been sent at check-out."""
 
-    __slots__ = ("_conn", "_driver")
+    __slots__ = ("_checkout", "_driver")
 
-    def __init__(self, conn: AsyncConnection, driver: DriverConnection):
-        self._conn = conn
+    def __init__(self, checkout: Checkout, driver: DriverConnection):
+        self._checkout = checkout
         self._driver = driver
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         await self._driver.before_statement()
-        return await self._conn.execute(statement, parameters)
+        return await self._checkout.sqlalchemy().execute(statement, parameters)
 
 
 class DriverTransaction:

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from favorites.adapters.db.checkout import check_out
+from favorites.adapters.db.checkout import Checkout, check_out
 from favorites.adapters.db.recent_writers import RecentWriters
 
 log = logging.getLogger("favorites.db.routing")
@@ -69,14 +69,14 @@ class ReadRouter:
         self.replicas = replicas
         self.writers = writers
 
-    async def connect(self, *, readonly: bool, user_id: UUID | None) -> AsyncConnection:
+    async def connect(self, *, readonly: bool, user_id: UUID | None) -> Checkout:
         if readonly and len(self.replicas) and not (
             user_id is not None and await self.writers.wrote_recently(user_id)
         ):
             engine = self.replicas.pick()
             if engine is not None:
                 try:
-                    return await engine.connect()
+                    return Checkout.of(engine, await engine.connect())
                 except Exception as exc:  # connect or pre-ping failed: this read uses the primary
                     self.replicas.mark_down(engine, exc)
         return await check_out(self.primary)

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from favorites.adapters.db.checkout import check_in, check_out
+from favorites.adapters.db.checkout import Checkout, check_out
 from favorites.adapters.db.driver import (
     DriverAuditRepository,
     DriverConnection,
@@ -59,7 +59,7 @@ class SqlUnitOfWork:
         self._readonly = readonly
         self._user_id = user_id
         self._router = router
-        self._conn: AsyncConnection | None = None
+        self._conn: Checkout | None = None
         self._driver: DriverConnection | None = None
         self._transaction: DriverTransaction | None = None
         self._committed = False
@@ -70,13 +70,9 @@ class SqlUnitOfWork:
         else:
             conn = await self._router.connect(readonly=self._readonly, user_id=self._user_id)
         self._conn = conn
-        dialect = conn.dialect.name
+        dialect = conn.dialect_name
         if dialect == "postgresql":
-            try:
-                self._driver = driver = await DriverConnection.of(conn)
-            except BaseException:
-                await self._release(conn)
-                raise
+            self._driver = driver = DriverConnection.of(conn)
             if not self._readonly:
                 self._transaction = driver.begin_lazily()
             # Statements through SQLAlchemy begin the driver's transaction first, too.
@@ -87,24 +83,25 @@ class SqlUnitOfWork:
             self.revoked_tokens = DriverRevokedTokenRepository(through, driver)
             self.refresh_tokens = SqlRefreshTokenRepository(through, dialect)
         else:
+            sql = conn.sqlalchemy()
             if not self._readonly:
-                await conn.execution_options(sqlite_immediate=True)
-            self.favorites = SqlFavoritesRepository(conn, dialect)
-            self.products = SqlProductsRepository(conn, dialect)
-            self.audit = SqlAuditRepository(conn, dialect)
-            self.revoked_tokens = SqlRevokedTokenRepository(conn, dialect)
-            self.refresh_tokens = SqlRefreshTokenRepository(conn, dialect)
+                await sql.execution_options(sqlite_immediate=True)
+            self.favorites = SqlFavoritesRepository(sql, dialect)
+            self.products = SqlProductsRepository(sql, dialect)
+            self.audit = SqlAuditRepository(sql, dialect)
+            self.revoked_tokens = SqlRevokedTokenRepository(sql, dialect)
+            self.refresh_tokens = SqlRefreshTokenRepository(sql, dialect)
         return self
 
     async def commit(self) -> None:
         assert self._conn is not None
         if self._conn.in_transaction():  # SQLite's transaction, or SQLAlchemy's savepoint
-            await self._conn.commit()
+            await self._conn.sqlalchemy().commit()
         if self._transaction is not None:
             await self._transaction.commit()
         self._committed = True
 
-    async def _release(self, conn: AsyncConnection) -> None:
+    async def _release(self, conn: Checkout) -> None:
         """Roll back whatever is open and give the connection back (or drop it if it broke)."""
         try:
             if self._driver is not None and self._driver.broken:
@@ -112,7 +109,7 @@ class SqlUnitOfWork:
                 return
             if not self._committed:
                 if conn.in_transaction():
-                    await conn.rollback()
+                    await conn.sqlalchemy().rollback()
                 if self._transaction is not None and self._transaction.active:
                     await self._transaction.rollback()
         except BaseException:
@@ -120,7 +117,7 @@ class SqlUnitOfWork:
             await conn.invalidate()
             raise
         finally:
-            await check_in(conn)
+            await conn.release()
 
     async def __aexit__(
         self,
@@ -226,5 +223,5 @@ class _PinnedRouter(ReadRouter):
     def __init__(self, router: ReadRouter):
         super().__init__(router.primary, router.replicas, router.writers)
 
-    async def connect(self, *, readonly: bool, user_id: UUID | None) -> AsyncConnection:
+    async def connect(self, *, readonly: bool, user_id: UUID | None) -> Checkout:
         return await check_out(self.primary)
