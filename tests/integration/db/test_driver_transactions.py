@@ -7,7 +7,9 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -242,3 +244,49 @@ async def test_concurrent_adds_never_exceed_the_cap(postgres_url: str) -> None:
         assert audited == cap
     finally:
         await engine.dispose()
+
+
+async def _row_count(postgres_url: str, user: uuid.UUID) -> int:
+    """Favorites of ``user`` as another session sees them: committed rows only."""
+    other = await asyncpg.connect(postgres_url)
+    try:
+        return int(await other.fetchval("SELECT count(*) FROM favorites WHERE user_id = $1",
+                                        user))
+    finally:
+        await other.close()
+
+
+async def test_a_transaction_left_open_is_never_handed_to_the_next_unit_of_work(
+    engine: AsyncEngine, postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancellation that lands after the server ran BEGIN (a deadline, a shutdown) leaves
+    the pooled connection inside a transaction the unit of work never saw begin. Handed on,
+    asyncpg would nest the next unit's transaction in it as a savepoint, and that unit's
+    COMMIT would commit nothing. The connection is dropped instead, and the next write
+    is really committed."""
+    uow = SqlUnitOfWorkFactory(engine)
+    user, product = uuid.uuid4(), uuid.uuid4()
+    async with uow(readonly=True) as work:  # the pool's only connection, opened
+        first = await work.favorites._db.fetchval("SELECT pg_backend_pid()")
+    execute = asyncpg.Connection.execute
+
+    async def cancelled_after_begin(self: asyncpg.Connection, query: str, *args: Any,
+                                    **kwargs: Any) -> Any:
+        result = await execute(self, query, *args, **kwargs)
+        if query.startswith("BEGIN"):
+            raise asyncio.CancelledError  # the server has begun; the caller never hears
+        return result
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", cancelled_after_begin)
+    with pytest.raises(asyncio.CancelledError):
+        async with uow(user_id=user) as work:
+            await work.favorites.lock_user(user)
+    monkeypatch.undo()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+    async with uow(user_id=user) as work:  # the pool's only slot: a new connection
+        await work.favorites.lock_user(user)
+        assert await work.favorites._db.fetchval("SELECT pg_backend_pid()") != first
+        assert await work.favorites.insert(Favorite(user, product, T0))
+        await work.commit()
+    assert await _row_count(postgres_url, user) == 1

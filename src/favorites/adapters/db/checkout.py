@@ -82,20 +82,34 @@ class Checkout:
         SQLAlchemy's nor its driver adapter's: its check-in is bookkeeping. Anything else
         (SQLite, a transaction still open, an invalidated connection, an adapter whose
         transaction cannot be seen) takes the greenlet, where the pool's reset may talk to the
-        server.
+        server. A connection still inside a transaction that SQLAlchemy did not begin is
+        invalidated: nothing else would end it.
         """
         conn = self._conn
         if self.engine.dialect.name == "postgresql" and self.pooled.is_valid and (
                 getattr(self.pooled.dbapi_connection, "_transaction", _UNKNOWN) is None):
-            if conn is None:
+            if _left_in_transaction(self.pooled.driver_connection):
+                # Not SQLAlchemy's transaction, so one the unit of work did not end: a BEGIN
+                # or COMMIT cancelled midway, a statement after an empty commit. The pool's
+                # reset cannot see it, and asyncpg would nest the next user's transaction in
+                # it as a savepoint whose "commit" commits nothing: the connection is dropped.
+                await self.invalidate()
+            elif conn is None:
                 self.pooled.close()
                 return
-            sync = conn.sync_connection
-            if sync is not None and not sync.invalidated and not sync.closed \
-                    and not sync.in_transaction():
-                sync.close()
-                return
+            else:
+                sync = conn.sync_connection
+                if sync is not None and not sync.invalidated and not sync.closed \
+                        and not sync.in_transaction():
+                    sync.close()
+                    return
         await self.sqlalchemy().close()
+
+
+def _left_in_transaction(driver: Any) -> bool:
+    """Whether asyncpg's connection is inside a transaction: by the server's last word on it,
+    or by asyncpg's own record of an outermost transaction (kept after a failed BEGIN)."""
+    return bool(driver.is_in_transaction()) or getattr(driver, "_top_xact", None) is not None
 
 
 async def check_out(engine: AsyncEngine) -> Checkout:
