@@ -201,7 +201,8 @@ async def test_nothing_may_follow_a_statement_that_committed_by_itself(
     engine: AsyncEngine,
 ) -> None:
     """It cannot be undone, so a statement after it (that a failure would roll back alone) is a
-    programming error, raised before anything is sent."""
+    programming error, raised before anything is sent; so is a statement after the unit of
+    work's commit."""
     uow = SqlUnitOfWorkFactory(engine)
     user, product = uuid.uuid4(), uuid.uuid4()
     async with uow(user_id=user) as work:
@@ -212,6 +213,15 @@ async def test_nothing_may_follow_a_statement_that_committed_by_itself(
         await work.favorites.remove(user, product, _entry(user, product), T0)
         with pytest.raises(RuntimeError, match="only one"):
             await work.favorites.add(Favorite(user, product, T0), 10, _entry(user, product))
+    async with uow(user_id=user) as work:  # nothing to commit: later, nothing would be
+        await work.commit()
+        with pytest.raises(RuntimeError, match="has committed"):
+            await work.favorites.lock_user(user)
+    async with uow(user_id=user) as work:  # committed: later, outside the transaction
+        await work.favorites.lock_user(user)
+        await work.commit()
+        with pytest.raises(RuntimeError, match="has committed"):
+            await work.favorites.insert(Favorite(user, product, T0))
     async with uow(readonly=True) as work:  # the add had committed; the remove too
         assert await work.favorites.count_for_user(user) == 0
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]

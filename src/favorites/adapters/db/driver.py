@@ -126,8 +126,9 @@ class DriverConnection:
         self._observe = observe
         self.broken = False
         self._pending: DriverTransaction | None = None
-        #: A statement already committed by itself: no transaction may follow in this unit.
-        self._alone = False
+        #: Why no statement may be sent any more (a statement already committed by itself, or
+        #: the unit of work committed): sent anyway, it would commit alone, unseen.
+        self._refused: str | None = None
 
     @classmethod
     def of(cls, checkout: Checkout) -> DriverConnection:
@@ -141,29 +142,34 @@ class DriverConnection:
 
     async def before_statement(self) -> None:
         """Called before every statement of the unit of work: begins the pending transaction."""
-        self._refuse_after_alone()
+        self._refuse()
         if self._pending is not None:
             transaction, self._pending = self._pending, None
             await transaction.run("start", "BEGIN")
 
-    def _refuse_after_alone(self) -> None:
-        if self._alone:
-            raise RuntimeError("a statement that committed by itself must be the only one of its"
-                               " unit of work")
+    def _refuse(self) -> None:
+        if self._refused is not None:
+            raise RuntimeError(self._refused)
+
+    def committed(self) -> None:
+        """The unit of work has committed (or had nothing to commit): a statement after that
+        would run outside its transaction, or begin one that nothing commits."""
+        self._pending = None
+        self._refused = "the unit of work has committed: no statement may follow"
 
     async def fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
-        if self._pending is not None or self._alone:
+        if self._pending is not None or self._refused is not None:
             await self.before_statement()
         rows: list[asyncpg.Record] = await self._send(self._driver.fetch, statement, args)
         return rows
 
     async def fetchval(self, statement: str, *args: Any) -> Any:
-        if self._pending is not None or self._alone:
+        if self._pending is not None or self._refused is not None:
             await self.before_statement()
         return await self._send(self._driver.fetchval, statement, args)
 
     async def execute(self, statement: str, *args: Any) -> None:
-        if self._pending is not None or self._alone:
+        if self._pending is not None or self._refused is not None:
             await self.before_statement()
         await self._send(self._driver.execute, statement, args)
 
@@ -171,9 +177,11 @@ class DriverConnection:
         """A statement that is atomic by itself: sent without BEGIN when it is the unit of
         work's first, and then its only one (it has committed when it returns); inside the
         transaction when statements came before it."""
-        self._refuse_after_alone()
+        self._refuse()
         if self._pending is not None:
-            self._pending, self._alone = None, True
+            self._pending = None
+            self._refused = ("a statement that committed by itself must be the only one of its"
+                             " unit of work")
         row: asyncpg.Record | None = await self._send(self._driver.fetchrow, statement, args)
         return row
 
@@ -237,6 +245,7 @@ class DriverTransaction:
     async def commit(self) -> None:
         if self._started:  # never begun: no statement needed it, nothing to commit
             await self.run("commit", "COMMIT")
+        self._connection.committed()
 
     async def rollback(self) -> None:
         await self.run("rollback", "ROLLBACK")
