@@ -8,16 +8,18 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
-from favorites.adapters.db import migrate
+from favorites.adapters.db import driver, migrate
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.partition import PartitionError, partition_favorites
-from favorites.adapters.db.repository import SqlFavoritesRepository
+from favorites.adapters.db.repository import SqlFavoritesRepository, advisory_key
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from favorites.domain.models import Favorite
 from favorites.entrypoints.cli import main, parser
@@ -276,5 +278,46 @@ def test_a_missing_table_and_a_bad_count_are_refused() -> None:
             asyncio.run(partition_favorites(url, 4))
         with pytest.raises(PartitionError, match="between 2 and 1024"):
             asyncio.run(partition_favorites(url, 1))
+    finally:
+        drop_postgres(name)
+
+
+async def _add_while_converting(url: str) -> tuple[str, str]:
+    """The conversion's lock steps, by hand, with an add arriving between them: SHARE on
+    ``favorites`` (writes wait), then the exclusive lock its table swap needs."""
+    converter, adder = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        user = uuid.uuid4()
+        conversion = converter.transaction()
+        await conversion.start()
+        await converter.execute("LOCK TABLE favorites IN SHARE MODE")
+        add = asyncio.create_task(adder.fetchrow(
+            driver.ADD, advisory_key(user), user, uuid.uuid4(), datetime.now(UTC), 10,
+            str(user), "user", "favorite.added", str(user), "req", "success"))
+        await asyncio.sleep(0.3)  # the add is queued behind the SHARE lock
+        try:
+            await converter.execute("ALTER TABLE favorites RENAME TO favorites_swapped")
+            swapped = "swapped"
+        except asyncpg.DeadlockDetectedError:
+            swapped = "deadlock"
+        await conversion.rollback()
+        try:
+            added = str((await add)[0])
+        except asyncpg.DeadlockDetectedError:
+            added = "deadlock"
+        return swapped, added
+    finally:
+        await converter.close()
+        await adder.close()
+
+
+def test_an_add_during_the_conversion_waits_for_it_instead_of_deadlocking() -> None:
+    """An add that read ``favorites`` before asking for the write lock held the read lock the
+    swap waits for, while waiting for the lock the conversion holds: PostgreSQL aborted one of
+    them. Adds take the write lock first (migration 0004), like any insert."""
+    name, url = fresh_postgres_url("favorites_partition_lock")
+    try:
+        migrate.upgrade(url)
+        assert asyncio.run(_add_while_converting(url)) == ("swapped", "created")
     finally:
         drop_postgres(name)
