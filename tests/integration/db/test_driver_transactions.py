@@ -10,17 +10,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from favorites.adapters.db import driver
+from favorites.adapters.db import driver, migrate
 from favorites.adapters.db.checkout import Checkout
 from favorites.adapters.db.driver import observe_statements
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from favorites.domain.models import AddOutcome, AuditAction, AuditEntry, Favorite
+from tests.conftest import drop_postgres, fresh_postgres_url
 
 pytestmark = pytest.mark.postgres
 
@@ -227,10 +229,28 @@ async def test_nothing_may_follow_a_statement_that_committed_by_itself(
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-async def test_concurrent_adds_never_exceed_the_cap(postgres_url: str) -> None:
+@pytest.fixture(params=["database default", "repeatable read by default"])
+def cap_database(request: pytest.FixtureRequest, postgres_url: str) -> Iterator[str]:
+    """The session's database, and one whose default isolation is REPEATABLE READ (set by a
+    DBA, or on the role): the count must still see adds committed while waiting for the lock."""
+    if request.param == "database default":
+        yield postgres_url
+        return
+    name, url = fresh_postgres_url("favorites_isolation")
+    try:
+        migrate.upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} SET default_transaction_isolation"
+                         " = 'repeatable read'")
+        yield url
+    finally:
+        drop_postgres(name)
+
+
+async def test_concurrent_adds_never_exceed_the_cap(cap_database: str) -> None:
     """The cap is exact under concurrency: each add counts after taking the user's lock, in
-    the same round trip as its insert."""
-    engine = create_engine(postgres_url, PoolSettings(1, 12, 5000))
+    the same round trip as its insert, whatever isolation the database defaults to."""
+    engine = create_engine(cap_database, PoolSettings(1, 12, 5000))
     try:
         uow = SqlUnitOfWorkFactory(engine)
         user, cap = uuid.uuid4(), 5

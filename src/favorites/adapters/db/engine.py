@@ -58,6 +58,10 @@ def create_engine(
         "server_settings": {
             "statement_timeout": str(pool.statement_timeout_ms),
             "application_name": application_name,
+            # The per-user cap and ``favorites_add()`` count after taking the user's lock, which
+            # only sees adds committed meanwhile under READ COMMITTED: a database or role that
+            # defaults to REPEATABLE READ must not change that.
+            "default_transaction_isolation": "read committed",
         },
         "timeout": connect_timeout,
         "command_timeout": pool.statement_timeout_ms / 1000 + 1,
