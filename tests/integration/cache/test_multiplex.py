@@ -195,3 +195,58 @@ def test_a_busy_event_loop_is_not_taken_for_a_hung_server(server: RedisServer, l
         uvloop.run(scenario())
     else:
         asyncio.run(scenario())
+
+
+async def test_callers_waiting_for_a_connection_share_the_attempt_that_failed(
+        server: RedisServer) -> None:
+    """While the server hangs, each caller queued behind a connection attempt used to make its
+    own attempt in turn, so the last of N waited N connect timeouts. An attempt's failure now
+    fails everyone who waited for it."""
+    redis = _client(server)  # database 3: the SELECT gets no reply from a paused server
+    server.pause()
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(redis.execute("GET", "k") for _ in range(20)),
+                                       return_exceptions=True)
+        waited = time.monotonic() - started
+    finally:
+        server.resume()
+    assert all(isinstance(result, RedisConnectionError) for result in results)
+    assert redis._attempts == 1
+    assert waited < 1.0  # one 0.1 s connect timeout, not twenty
+    assert await redis.execute("GET", "k") is None  # the next caller tries again
+    await redis.aclose()
+
+
+async def test_an_argument_the_encoder_refuses_leaves_no_reply_slot_behind(
+        server: RedisServer) -> None:
+    """Every later reply would have gone to the caller before it: another user's page."""
+    redis = _client(server)
+    await redis.execute("SET", "a", "alice")
+    await redis.execute("SET", "b", "bob")
+    with pytest.raises(TypeError):
+        await redis.execute("GET", None)
+    assert await redis.execute("GET", "a") == b"alice"
+    assert await redis.execute("GET", "b") == b"bob"
+    await redis.aclose()
+
+
+async def test_a_connect_cancelled_midway_leaves_no_connection_open(server: RedisServer) -> None:
+    redis = _client(server)  # database 3: cancelled while its SELECT waits
+    server.pause()
+    try:
+        for _ in range(5):
+            call = asyncio.ensure_future(redis.execute("GET", "k"))
+            await asyncio.sleep(0.02)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+    finally:
+        server.resume()
+    for _ in range(50):  # the server sees the closed sockets once it runs again
+        clients = server.cli("CLIENT", "LIST").strip().splitlines()
+        if len(clients) == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert len(clients) == 1  # the CLIENT LIST connection itself
+    await redis.aclose()

@@ -96,9 +96,10 @@ class _Connection(asyncio.Protocol):
     def send(self, args: tuple[Any, ...]) -> tuple[asyncio.Future[Any], float]:
         if self.closed or self._transport is None:
             raise RedisConnectionError("connection to Redis closed")
-        entry = (self._loop.create_future(), self._loop.time())
+        payload = hiredis.pack_command(args)  # before queueing: an argument it refuses must
+        entry = (self._loop.create_future(), self._loop.time())  # leave no reply slot behind
         self._pending.append(entry)
-        self._transport.write(hiredis.pack_command(args))
+        self._transport.write(payload)
         if self._watchdog is None:
             self._arm(entry[1] + self._read_timeout)
         return entry
@@ -145,6 +146,9 @@ class MultiplexedRedis:
         self._read_timeout = read_timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
+        #: Connection attempts finished so far, and why the last one failed (None: it did not).
+        self._attempts = 0
+        self._failure: str | None = None
 
     @classmethod
     def like(cls, client: Redis) -> MultiplexedRedis | None:
@@ -179,9 +183,14 @@ class MultiplexedRedis:
     async def _connect(self) -> _Connection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
+        attempts = self._attempts
         async with self._connecting:  # one attempt at a time; the others reuse its result
             if self._connection is not None and not self._connection.closed:
                 return self._connection
+            if self._attempts != attempts and self._failure is not None:
+                # An attempt that ended while this caller waited failed: one more in turn per
+                # waiting caller would make the last one wait for all of them in an outage.
+                raise RedisConnectionError(self._failure)
             loop = asyncio.get_running_loop()
             host, port, path = self._address
             connection: _Connection | None = None
@@ -203,7 +212,16 @@ class MultiplexedRedis:
             except (OSError, TimeoutError, ResponseError) as exc:
                 if connection is not None:
                     connection.close()
-                raise RedisConnectionError(f"cannot connect to Redis: {exc!r}") from None
+                self._failure = f"cannot connect to Redis: {exc!r}"
+                raise RedisConnectionError(self._failure) from None
+            except BaseException:  # cancelled: the half-opened connection is nobody's, and
+                if connection is not None:  # those waiting make their own attempt
+                    connection.close()
+                self._failure = None
+                raise
+            finally:
+                self._attempts += 1
+            self._failure = None
             self._connection = connection
             return connection
 
