@@ -150,6 +150,36 @@ async def test_redis_entries_expire_with_jittered_ttls(redis_backed: Instance) -
     assert len(ttls) > 1, "TTLs are not jittered"
 
 
+async def test_an_evicted_version_key_never_brings_back_an_entry_from_before_a_write(
+    redis_backed: Instance,
+) -> None:
+    """Under ``maxmemory`` Redis may evict a user's version key and keep an entry. An entry
+    stored before the user's first write, when no version key existed, used to be tagged "no
+    version", and matched again once the write's version key was gone. The store now creates
+    the version key it tags the entry with, so a missing key never matches anything."""
+    instance = redis_backed
+    assert instance.caches.gate is not None
+    cache = instance.caches.favorites
+    assert isinstance(cache, RedisFavoritesCache)
+    client = instance.caches.gate.client
+    user_id = uuid.uuid4()
+    before, token = await cache.lookup_first_page(user_id)  # no version key yet
+    assert before is None
+    await cache.set_first_page(user_id, FirstPage.of(user_id, favorites_of(user_id, 1)), token)
+    await cache.set_count(user_id, 1, await cache.version(user_id))
+    assert await cache.get_count(user_id) == 1
+    await cache.invalidate_user(user_id)  # a write
+    await client.delete(f"{cache._user(user_id)}:v")  # evicted
+    assert (await cache.lookup_first_page(user_id))[0] is None
+    assert await cache.get_count(user_id) is None
+    missed, token = await cache.lookup_first_page(user_id)  # stored anew after the eviction
+    assert missed is None
+    await cache.set_first_page(user_id, FirstPage.of(user_id, favorites_of(user_id, 2)), token)
+    page = (await cache.lookup_first_page(user_id))[0]
+    assert page is not None
+    assert len(page) == 2
+
+
 async def test_a_users_keys_share_one_cluster_slot(redis_backed: Instance) -> None:
     """Every key of a user (and the read-your-writes mark) hashes to one slot, so multi-key
     commands work on Redis Cluster; asked of Redis itself on the cluster run."""

@@ -20,17 +20,21 @@ def decode_count(payload: bytes) -> int | None:
     return int(payload) if payload.isdigit() else None
 
 
-def tag(version: bytes | None, payload: bytes) -> bytes:
-    """Prefix an entry with the version it was loaded under (``0`` when no version key existed)."""
-    return (version or b"0") + b":" + payload
+def tag(version: bytes, payload: bytes) -> bytes:
+    """Prefix an entry with the version it was loaded under (always a version key's value)."""
+    return version + b":" + payload
 
 
 def untag(entry: bytes | None, version: bytes | None) -> bytes | None:
-    """The payload when ``entry`` was stored under the current ``version``, else None (a miss)."""
-    if entry is None:
+    """The payload when ``entry`` was stored under the current ``version``, else None (a miss).
+
+    Never without a version key: an entry once stored as "no version yet" (``0``, by earlier
+    releases) would be served again after a write whose version key Redis then evicted.
+    """
+    if entry is None or version is None:
         return None
     stored, sep, payload = entry.partition(b":")
-    if not sep or stored != (version or b"0"):
+    if not sep or stored != version:
         return None
     return payload
 

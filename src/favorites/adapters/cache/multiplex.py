@@ -180,6 +180,14 @@ class MultiplexedRedis:
         future, _ = connection.send(args)
         return await future
 
+    async def execute_many(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Several commands sent together, their replies in order (one round trip)."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        futures = [connection.send(args)[0] for args in commands]
+        return [await future for future in futures]
+
     async def _connect(self) -> _Connection:
         if self._connecting is None:
             self._connecting = asyncio.Lock()

@@ -13,7 +13,9 @@ version). A reader takes the version *before* loading from the database; a write
 sets a new random version. So a load that overlapped a write is stored under the old version and is
 never served, whatever the interleaving, and an invalidation needs no knowledge of the epoch.
 Version keys outlive the entries they validate (``policy``), and versions are random, so a version
-key that expires and is set again never revalidates an old entry.
+key that expires and is set again never revalidates an old entry. A load that found no version
+key creates one (``SET NX``, sent with the entry) and tags the entry with it; a missing version key
+matches nothing, so one that Redis evicts under ``maxmemory`` cannot revalidate an entry either.
 """
 
 from __future__ import annotations
@@ -88,16 +90,39 @@ class _RedisCache:
         return codec.make_token(epoch, version)
 
     async def _store(self, base: str, kind: str, token: int, payload: bytes,
-                     ttl: float) -> None:
+                     ttl: float, version_ttl: float) -> None:
         gate = self._gate
         if token < 0 or not gate.usable:
             return
         epoch, version = codec.split_token(token)
         if epoch != gate.epoch.current:
             return  # loaded under a retired epoch: it would never be read
-        await gate.call(lambda: self._set(f"{base}:{epoch}:{kind}", codec.tag(version, payload),
-                                          _ms(policy.jittered(ttl))),
-                        bounded=gate.fast is not None)
+        key, ttl_ms = f"{base}:{epoch}:{kind}", _ms(policy.jittered(ttl))
+        if version != b"0":
+            await gate.call(lambda: self._set(key, codec.tag(version, payload), ttl_ms),
+                            bounded=gate.fast is not None)
+            return
+        # No version key when it was looked up: create one (unless a write did meanwhile) and
+        # tag the entry with it. Should a write's version key be evicted later, a reader creates
+        # a new one, so no entry from before that write can match again.
+        new = _new_version().encode()
+        await gate.call(lambda: self._set_with_new_version(
+            f"{base}:v", new, _ms(version_ttl), key, codec.tag(new, payload), ttl_ms),
+            bounded=gate.fast is not None)
+
+    async def _set_with_new_version(self, version_key: str, version: bytes, version_ttl_ms: int,
+                                    key: str, value: bytes, ttl_ms: int) -> None:
+        """``SET version NX`` and the entry, one round trip on the multiplexed connection. If the
+        version key existed already (a write came in between), the entry carries a version that
+        is not current and is never served."""
+        fast = self._gate.fast
+        if fast is not None:
+            await fast.execute_many(("SET", version_key, version, "PX", version_ttl_ms, "NX"),
+                                    ("SET", key, value, "PX", ttl_ms))
+            return
+        client = self._gate.client
+        await client.set(version_key, version, px=version_ttl_ms, nx=True)
+        await client.set(key, value, px=ttl_ms)
 
 
 class RedisFavoritesCache(_RedisCache):
@@ -127,11 +152,12 @@ class RedisFavoritesCache(_RedisCache):
         return await self._version_token(f"{self._user(user_id)}:v")
 
     async def set_first_page(self, user_id: UUID, page: FirstPage, version: int) -> None:
-        await self._store(self._user(user_id), "p", version, page.payload, policy.PAGE_TTL)
+        await self._store(self._user(user_id), "p", version, page.payload, policy.PAGE_TTL,
+                          policy.USER_VERSION_TTL)
 
     async def set_count(self, user_id: UUID, count: int, version: int) -> None:
         await self._store(self._user(user_id), "c", version, codec.encode_count(count),
-                          policy.COUNT_TTL)
+                          policy.COUNT_TTL, policy.USER_VERSION_TTL)
 
     async def invalidate_user(self, user_id: UUID) -> None:
         await self._bump_version(f"{self._user(user_id)}:v", policy.USER_VERSION_TTL)
@@ -194,7 +220,8 @@ class RedisProductCache(_RedisCache):
 
     async def remember(self, found: Iterable[tuple[UUID, int]]) -> None:
         for product_id, token in found:
-            await self._store(self._product(product_id), "e", token, b"1", policy.PRODUCT_TTL)
+            await self._store(self._product(product_id), "e", token, b"1", policy.PRODUCT_TTL,
+                              policy.PRODUCT_VERSION_TTL)
 
     async def forget(self, product_id: UUID) -> None:
         await self._bump_version(f"{self._product(product_id)}:v", policy.PRODUCT_VERSION_TTL)
