@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
@@ -178,6 +180,34 @@ async def test_an_evicted_version_key_never_brings_back_an_entry_from_before_a_w
     page = (await cache.lookup_first_page(user_id))[0]
     assert page is not None
     assert len(page) == 2
+
+
+async def test_an_invalidation_whose_caller_is_cancelled_is_still_delivered(
+    redis_backed: Instance,
+) -> None:
+    """The write is committed before its invalidation is sent: a request cancelled while the
+    invalidation waits (here, for a connection to Redis) must not leave the old entry served."""
+    instance = redis_backed
+    gate = instance.caches.gate
+    assert gate is not None
+    cache = instance.caches.favorites
+    user_id = uuid.uuid4()
+    await cache.set_count(user_id, 1, await cache.version(user_id))
+    assert await cache.get_count(user_id) == 1
+    if gate.fast is not None:
+        await gate.fast.aclose()  # the invalidation below waits for a new connection
+    else:
+        await gate.client.aclose()  # the cluster client discovers the nodes again
+    invalidation = asyncio.ensure_future(cache.invalidate_user(user_id))
+    await asyncio.sleep(0)  # started: waiting for the connection
+    invalidation.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await invalidation
+    for _ in range(50):
+        if await cache.get_count(user_id) is None:
+            break
+        await asyncio.sleep(0.01)
+    assert await cache.get_count(user_id) is None
 
 
 async def test_a_users_keys_share_one_cluster_slot(redis_backed: Instance) -> None:

@@ -20,6 +20,7 @@ matches nothing, so one that Redis evicts under ``maxmemory`` cannot revalidate 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
@@ -33,6 +34,10 @@ from favorites.adapters.cache.observer import LookupObserver, ignore_lookup
 from favorites.domain.pages import FirstPage
 
 PREFIX = "fav"
+
+#: Invalidations still on their way after their caller was cancelled (the loop holds tasks
+#: weakly).
+_deliveries: set[asyncio.Future[None]] = set()
 
 
 def _new_version() -> str:
@@ -69,6 +74,14 @@ class _RedisCache:
         return self._gate.client.set(key, value, px=ttl_ms)
 
     async def _bump_version(self, key: str, ttl: float) -> None:
+        """Shielded: the write it follows is committed, so a caller cancelled now (a shutdown)
+        must not take the invalidation with it; it is delivered, or the epoch bumped."""
+        delivery = asyncio.ensure_future(self._deliver_version(key, ttl))
+        _deliveries.add(delivery)
+        delivery.add_done_callback(_deliveries.discard)
+        await asyncio.shield(delivery)
+
+    async def _deliver_version(self, key: str, ttl: float) -> None:
         delivered = await self._gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),
                                           bounded=self._gate.fast is not None)
         if delivered is SKIPPED:
