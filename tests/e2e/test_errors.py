@@ -115,6 +115,7 @@ async def test_non_json_body_is_415_malformed_is_400_extra_fields_422(
 async def test_invalid_uuids_are_422(client: httpx.AsyncClient) -> None:
     owner = uuid.uuid4()
     for path in ("/v1/users/not-a-uuid/favorites", f"/v1/users/me/favorites/{'1' * 31}",
+                 f"/v1/users/{'%D9%A1' * 32}/favorites",  # 32 Arabic-Indic ones
                  "/v1/products/xyz/favorites/count"):
         response = await client.get(path, headers=bearer(owner))
         assert_problem(response, 422, "validation-error")

@@ -13,7 +13,7 @@ def parse_uuid(value: str, name: str) -> UUID:
     ``uuid.UUID`` also accepts braces and ``urn:uuid:`` prefixes; those are refused so that one id
     has few spellings in logs and caches.
     """
-    if len(value) in (32, 36) and "{" not in value and ":" not in value:
+    if len(value) in (32, 36) and value.isascii() and "{" not in value and ":" not in value:
         try:
             return UUID(value)
         except ValueError:

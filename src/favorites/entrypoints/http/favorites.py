@@ -69,7 +69,7 @@ def _product(request: Request) -> UUID:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return MAX_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= MAX_PAGE:
         raise ValidationFailed(f"limit must be an integer from 1 to {MAX_PAGE}")
     return int(raw)
 
