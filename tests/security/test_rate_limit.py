@@ -229,6 +229,34 @@ async def test_forwarded_for_is_believed_only_from_a_trusted_proxy(app: FastAPI)
     assert [r.status_code for r in same] == [401] * LIMIT + [429]
 
 
+async def test_every_forwarded_for_line_counts(app: FastAPI) -> None:
+    """A proxy may append its own X-Forwarded-For line after one the client sent: the lines
+    are one list, so the client's own line does not become its address."""
+    await clear_of_window_edge()
+    one = fresh_address()
+    async with client_from(app, TRUSTED_PROXY) as proxy:
+        statuses = [(await proxy.post(
+            "/v1/auth/refresh", json=BOGUS_REFRESH,
+            headers=[("X-Forwarded-For", fresh_address()), ("X-Forwarded-For", one)],
+        )).status_code for _ in range(LIMIT + 1)]
+    assert statuses == [401] * LIMIT + [429]
+
+
+async def test_ipv4_addresses_written_as_ipv6_by_a_proxy_are_counted_as_ipv4(
+        app: FastAPI) -> None:
+    """``::ffff:a.b.c.d`` from a dual-stack proxy is that IPv4 client, not the /64 that every
+    such address shares: one client's failures do not use up everyone's budget."""
+    await clear_of_window_edge()
+    async with client_from(app, TRUSTED_PROXY) as proxy:
+        noisy = [(await proxy.post("/v1/auth/refresh", json=BOGUS_REFRESH,
+                                   headers={"X-Forwarded-For": f"::ffff:{fresh_address()}"}
+                                   )).status_code for _ in range(LIMIT + 1)]
+        other = await proxy.post("/v1/auth/refresh", json=BOGUS_REFRESH,
+                                 headers={"X-Forwarded-For": f"::ffff:{fresh_address()}"})
+    assert noisy == [401] * (LIMIT + 1)
+    assert other.status_code == 401
+
+
 async def test_ipv6_callers_are_counted_per_64(app: FastAPI) -> None:
     """API4:2023: an IPv6 subscriber holds a whole /64, so rotating addresses inside it does not
     reset the limit; another /64 has its own budget."""

@@ -95,14 +95,14 @@ class ServiceClients:
     def client_address(self, peer: str | None, forwarded_for: str | None) -> IPAddress | None:
         """The socket peer, unless it is a trusted proxy: then the nearest untrusted hop of XFF."""
         try:
-            address = ipaddress.ip_address(peer) if peer else None
+            address = _ip(peer) if peer else None
         except ValueError:
             return None
         if address is None or not forwarded_for or not self._is_trusted(address):
             return address
         for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
             try:
-                hop_address = ipaddress.ip_address(hop)
+                hop_address = _ip(hop)
             except ValueError:
                 return address  # a malformed chain is not believed
             if not self._is_trusted(hop_address):
@@ -125,11 +125,26 @@ class ServiceClients:
                          scopes=frozenset(client.scopes))
 
 
+def _ip(text: str) -> IPAddress:
+    """An address as one caller has it: an IPv4 address a dual-stack proxy wrote as
+    ``::ffff:a.b.c.d`` is that IPv4 address (its own CIDR checks and its own rate-limit count, not
+    the /64 every such address shares)."""
+    address = ipaddress.ip_address(text)
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def client_address(request: Request) -> IPAddress | None:
-    """The caller's address: the socket peer, or XFF's nearest untrusted hop behind our proxies."""
+    """The caller's address: the socket peer, or XFF's nearest untrusted hop behind our proxies.
+
+    Every ``X-Forwarded-For`` line counts, in order, as one list (a proxy may append its own line
+    after one the client sent rather than extend it).
+    """
     clients: ServiceClients = request.app.state.service_clients
     peer = request.client.host if request.client else None
-    return clients.client_address(peer, request.headers.get("x-forwarded-for"))
+    forwarded = request.headers.getlist("x-forwarded-for")
+    return clients.client_address(peer, ", ".join(forwarded) if forwarded else None)
 
 
 async def authenticate_service(request: Request) -> Principal:
