@@ -226,7 +226,9 @@ def build(settings: Settings, defaults: embedded.EmbeddedDefaults | None = None)
     catalog = caches.wrap_catalog(catalog)
     jwt_codec = build_jwt(settings, defaults)
     root = root_secret(settings, defaults)
-    revocations = RevocationList(uow.on_primary(), clock)  # a lagging replica would fail open
+    # On the primary: a lagging replica would fail open. Kept while the codec's leeway still
+    # accepts a token after its expiry.
+    revocations = RevocationList(uow.on_primary(), clock, leeway=settings.jwt_leeway_seconds)
     rate_limiter = build_rate_limiter(settings)
     flags = build_flags(settings)
     return Container(

@@ -28,11 +28,14 @@ class RevocationList:
         *,
         interval: float = 1.0,
         max_staleness: float = 30.0,
+        leeway: float = 0.0,
     ):
         self._uow = uow
         self._clock = clock
         self._interval = interval
         self._max_staleness = max_staleness
+        #: Tokens are accepted up to this long after ``exp``: a revocation must last as long.
+        self._leeway = timedelta(seconds=leeway)
         self._revoked: dict[str, int] = {}
         self._since: datetime | None = None
         self._synced_at = float("-inf")  # stale until the first successful sync
@@ -53,10 +56,10 @@ class RevocationList:
             tzinfo=now.tzinfo
         )
         async with self._uow(readonly=True) as uow:
-            rows = await uow.revoked_tokens.active_since(since, now)
+            rows = await uow.revoked_tokens.active_since(since, now - self._leeway)
         for jti, expires_at in rows:
             self._revoked[jti] = int(expires_at.timestamp())
-        cutoff = now.timestamp()
+        cutoff = (now - self._leeway).timestamp()
         for jti in [j for j, exp in self._revoked.items() if exp < cutoff]:
             del self._revoked[jti]
         self._since = now
