@@ -158,6 +158,9 @@ class FakeRefreshTokens:
     async def insert(self, record: RefreshTokenRecord) -> None:
         self.s.refresh[record.token_id] = record
 
+    async def lock_family(self, family_id: UUID) -> None:
+        return None  # one unit of work at a time here
+
     async def get_by_hash(self, token_hash: str) -> RefreshTokenRecord | None:
         return next((r for r in self.s.refresh.values() if r.token_hash == token_hash), None)
 

@@ -99,6 +99,9 @@ class RefreshTokenRepository(Protocol):
 
     async def get_by_hash(self, token_hash: str) -> RefreshTokenRecord | None: ...
 
+    async def lock_family(self, family_id: UUID) -> None:
+        """Until the unit of work ends, the family's other refreshes and logouts wait."""
+
     async def mark_used(self, token_id: UUID, at: datetime) -> bool:
         """Spend a token atomically; False when it was already spent or revoked."""
 

@@ -92,7 +92,7 @@ class TokenService:
     async def refresh(self, refresh_token: str, request_id: str | None = None) -> TokenPair:
         now = self._clock.now()
         async with self._uow() as uow:
-            record = await uow.refresh_tokens.get_by_hash(hash_refresh_token(refresh_token))
+            record = await self._locked(uow, refresh_token)
             if record is None or record.revoked_at is not None or record.expires_at <= now:
                 raise InvalidToken("refresh token is invalid, expired or revoked")
             if record.used_at is not None or not await uow.refresh_tokens.mark_used(
@@ -111,7 +111,7 @@ class TokenService:
         """Revoke the refresh family and the presented access token until it would expire."""
         access.ensure_user(principal)
         async with self._uow() as uow:
-            record = await uow.refresh_tokens.get_by_hash(hash_refresh_token(refresh_token))
+            record = await self._locked(uow, refresh_token)
             if record is not None and record.user_id != principal.user_id:
                 raise Forbidden("that refresh token belongs to another user")
             if record is not None and record.revoked_at is None:
@@ -122,6 +122,18 @@ class TokenService:
             await uow.commit()
         if principal.token_id is not None and principal.token_expires_at is not None:
             self._revocations.revoke_locally(principal.token_id, principal.token_expires_at)
+
+    @staticmethod
+    async def _locked(uow: UnitOfWork, refresh_token: str) -> RefreshTokenRecord | None:
+        """The token's record, read again once its family is locked: a refresh and a logout of
+        one family run one after the other. Otherwise a logout's revocation of the family missed
+        the token a concurrent refresh was inserting, and that token stayed valid."""
+        token_hash = hash_refresh_token(refresh_token)
+        record = await uow.refresh_tokens.get_by_hash(token_hash)
+        if record is None:
+            return None
+        await uow.refresh_tokens.lock_family(record.family_id)
+        return await uow.refresh_tokens.get_by_hash(token_hash)
 
     async def _new_pair(
         self, uow: UnitOfWork, family_id: UUID, user_id: UUID, roles: tuple[str, ...]

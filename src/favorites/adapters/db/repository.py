@@ -290,6 +290,10 @@ class SqlAuditRepository(_Repo):
 
 
 class SqlRefreshTokenRepository(_Repo):
+    async def lock_family(self, family_id: UUID) -> None:
+        if self._pg:  # SQLite writers are already serialised by BEGIN IMMEDIATE
+            await self._conn.execute(_LOCK_USER, {"key": advisory_key(family_id)})
+
     async def insert(self, record: RefreshTokenRecord) -> None:
         await self._conn.execute(
             sa.insert(refresh_tokens).values(
