@@ -68,6 +68,36 @@ async def test_unknown_route_is_404_and_wrong_method_is_405(client: httpx.AsyncC
     assert listing.headers["allow"] == "GET, HEAD"
 
 
+async def test_the_literal_routes_beside_a_product_id_answer_405_for_their_own_methods(
+        client: httpx.AsyncClient) -> None:
+    """``count`` and ``contains`` are not product ids: a PUT there is a 405 naming their own
+    methods (it was a 422 "product_id must be a UUID")."""
+    owner = uuid.uuid4()
+    for method in ("PUT", "DELETE", "POST"):
+        for path in ("count", "contains"):
+            response = await client.request(method, f"/v1/users/me/favorites/{path}",
+                                            headers=bearer(owner))
+            assert_problem(response, 405, "method-not-allowed")
+            assert response.headers["allow"] == "GET, HEAD"
+    metrics = await client.post("/metrics")
+    assert_problem(metrics, 405, "method-not-allowed")
+    assert metrics.headers["allow"] == "GET, HEAD"
+
+
+async def test_head_answers_every_get_without_a_body(client: httpx.AsyncClient) -> None:
+    """The 405s advertise HEAD wherever GET is allowed, and it is served: the GET's status and
+    headers, no body."""
+    owner = uuid.uuid4()
+    for path, headers in (("/health/live", {}), ("/.well-known/jwks.json", {}),
+                          ("/v1/users/me/favorites", bearer(owner))):
+        got = await client.get(path, headers=headers)
+        head = await client.head(path, headers=headers)
+        assert head.status_code == got.status_code == 200
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == got.headers["content-length"]
+
+
 async def test_body_over_1kb_is_413(client: httpx.AsyncClient) -> None:
     body = b'{"refresh_token": "' + b"a" * 1100 + b'"}'
     response = await client.post("/v1/auth/refresh", content=body,

@@ -10,11 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.routing import Route
 
 from favorites import bootstrap
 from favorites.config import Settings, load_settings
@@ -46,14 +46,11 @@ def _request_id(request: Request) -> str:
 ROUTERS = (favorites.router, tokens.router, internal.router, health.router)
 
 
-def _method_table() -> list[tuple[re.Pattern[str], frozenset[str]]]:
-    """Path pattern -> methods, built once; Starlette's 405 names only the first route's."""
-    table = []
-    for router in ROUTERS:
-        for route in router.routes:
-            if isinstance(route, APIRoute):
-                table.append((route.path_regex, frozenset(route.methods or ())))
-    return table
+def _method_table(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """Path pattern -> methods of every route, built once; Starlette's 405 names only the first
+    route's."""
+    return [(route.path_regex, frozenset(route.methods)) for route in app.router.routes
+            if isinstance(route, Route) and route.methods]
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -62,7 +59,7 @@ def _allowed_methods(request: Request) -> list[str]:
         if pattern.match(request.url.path):
             methods |= route_methods
     if "GET" in methods:
-        methods.add("HEAD")
+        methods.add("HEAD")  # served as GET without the body (EdgeMiddleware)
     return sorted(methods)
 
 
@@ -183,7 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.router.routes.extend(router.routes)
     if not settings.is_production:  # production serves it on the admin port (favorites serve)
         app.add_route("/metrics", observability.metrics_endpoint, include_in_schema=False)
-    app.state.method_table = _method_table()
+    app.state.method_table = _method_table(app)
     app.add_exception_handler(FavoritesError, _on_domain_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from favorites.domain.access import resolve_user
 from favorites.domain.errors import ValidationFailed
@@ -37,6 +38,22 @@ from favorites.entrypoints.http.schemas import (
 from favorites.service_layer.favorites import MAX_CONTAINS, MAX_PAGE
 
 router = APIRouter(tags=["favorites"], route_class=DirectRoute)
+
+
+class _ProductSegment(Convertor[str]):
+    """A ``{product_id}`` segment that is not one of the literal routes beside it, so that
+    ``PUT /v1/users/me/favorites/count`` is a 405 of the count route, not a product id to refuse."""
+
+    regex = r"(?!(?:count|contains|bulk|export)$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("product_segment", _ProductSegment())
 JSON = "application/json"
 
 
@@ -152,7 +169,7 @@ async def export_favorites(request: Request) -> Response:
         "Content-Disposition": f'attachment; filename="favorites-{owner}.json"'})
 
 
-@router.put("/v1/users/{user_id}/favorites/{product_id}", response_model=FavoriteRead,
+@router.put("/v1/users/{user_id}/favorites/{product_id:product_segment}", response_model=FavoriteRead,
             status_code=201, responses={200: {"model": FavoriteRead}},
             summary="Add a favorite (idempotent)", openapi_extra=documented(USER_ID, PRODUCT_ID))
 async def add_favorite(request: Request) -> Response:
@@ -169,7 +186,7 @@ async def add_favorite(request: Request) -> Response:
     return JSONResponse(favorite_read(favorite))
 
 
-@router.delete("/v1/users/{user_id}/favorites/{product_id}", status_code=204,
+@router.delete("/v1/users/{user_id}/favorites/{product_id:product_segment}", status_code=204,
                summary="Remove a favorite (idempotent)",
                openapi_extra=documented(USER_ID, PRODUCT_ID))
 async def remove_favorite(request: Request) -> Response:
@@ -179,7 +196,7 @@ async def remove_favorite(request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/users/{user_id}/favorites/{product_id}", response_model=FavoriteRead,
+@router.get("/v1/users/{user_id}/favorites/{product_id:product_segment}", response_model=FavoriteRead,
             summary="One favorite", openapi_extra=documented(USER_ID, PRODUCT_ID))
 async def get_favorite(request: Request) -> Response:
     principal = await authenticate_user(request)

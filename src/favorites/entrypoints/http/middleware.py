@@ -69,6 +69,9 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        head = scope["method"] == "HEAD"
+        if head:  # every GET answers HEAD too: the same status and headers, no body
+            scope = {**scope, "method": "GET"}
         incoming = _header(scope, b"x-request-id")
         if incoming is not None and _VALID_REQUEST_ID.match(incoming):
             request_id = incoming.decode("ascii")
@@ -93,6 +96,8 @@ class EdgeMiddleware:
                 if not any(name.lower() == b"cache-control" for name, _ in headers):
                     headers.append(_NO_STORE)
                 message["headers"] = headers
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         try:
