@@ -98,6 +98,27 @@ async def test_head_answers_every_get_without_a_body(client: httpx.AsyncClient) 
         assert head.headers["content-length"] == got.headers["content-length"]
 
 
+async def test_a_request_that_takes_no_body_refuses_one(client: httpx.AsyncClient) -> None:
+    """SPEC §3: bodies hold exactly the documented fields. Adding a favorite documents none:
+    no body or ``{}`` is fine, anything else is refused as it would be elsewhere."""
+    owner = uuid.uuid4()
+    product = await new_product(client)
+    path = f"/v1/users/me/favorites/{product}"
+    json_type = {"Content-Type": "application/json"}
+    cases = [({"Content-Type": "text/plain"}, b"hello", 415, "unsupported-media-type"),
+             (json_type, b"{", 400, "malformed-request"),
+             (json_type, b'{"x": 1}', 422, "validation-error")]
+    for headers, body, status, kind in cases:
+        response = await client.put(path, content=body, headers={**bearer(owner), **headers})
+        assert_problem(response, status, kind)
+    empty = await client.put(path, content=b"{}", headers={**bearer(owner), **json_type})
+    assert empty.status_code == 201
+    assert (await client.put(path, headers=bearer(owner))).status_code == 200
+    registered = await client.put(f"/internal/v1/products/{uuid.uuid4()}", content=b'{"a": 1}',
+                                  headers={**SERVICE, **json_type})
+    assert_problem(registered, 422, "validation-error")
+
+
 async def test_body_over_1kb_is_413(client: httpx.AsyncClient) -> None:
     body = b'{"refresh_token": "' + b"a" * 1100 + b'"}'
     response = await client.post("/v1/auth/refresh", content=body,

@@ -38,6 +38,25 @@ async def read_json(request: Request, model: type[Model]) -> Model:
         raise ValidationFailed(describe(exc)) from None
 
 
+async def refuse_body(request: Request) -> None:
+    """For a request that documents no body: none, or an empty JSON object. Anything else is
+    the same 415, 400 or 422 a documented body would get, not silently ignored."""
+    length = request.headers.get("content-length")
+    if (length is None or length == "0") and "transfer-encoding" not in request.headers:
+        return
+    raw = await request.body()
+    if not raw:
+        return
+    if not _is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType("this request takes no body; send none, or {} as JSON")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("the body is not valid JSON") from None
+    if data != {}:
+        raise ValidationFailed("this request takes no body; send none, or {}")
+
+
 def with_schema(model: type[BaseModel]) -> dict[str, object]:
     """OpenAPI ``requestBody`` for handlers that read the body themselves (``read_json``)."""
     return {"requestBody": {"required": True, "content": {

@@ -22,7 +22,7 @@ from favorites.domain.ids import parse_uuid
 from favorites.domain.models import Principal
 from favorites.domain.pages import render_page
 from favorites.entrypoints.http.auth import app_container, authenticate_user
-from favorites.entrypoints.http.body import read_json, with_schema
+from favorites.entrypoints.http.body import read_json, refuse_body, with_schema
 from favorites.entrypoints.http.direct import DirectRoute
 from favorites.entrypoints.http.responses import JSONResponse
 from favorites.entrypoints.http.schemas import (
@@ -176,6 +176,7 @@ async def add_favorite(request: Request) -> Response:
     principal = await authenticate_user(request)
     owner = _user(principal, request)
     product = _product(request)
+    await refuse_body(request)
     favorite, created = await app_container(request).favorites.add(
         principal, owner, product, request.state.request_id)
     if created:

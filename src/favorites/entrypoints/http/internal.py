@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Request, Response
 
 from favorites.domain.ids import parse_uuid
 from favorites.entrypoints.http.auth import AppContainer, ServiceCaller
+from favorites.entrypoints.http.body import refuse_body
 from favorites.entrypoints.http.responses import JSONResponse
 from favorites.entrypoints.http.schemas import ErasureRead, ProductRead
 from favorites.service_layer.products import ProductsService
@@ -33,10 +34,11 @@ async def erase_user(
             responses={200: {"model": ProductRead}},
             summary="Register a product in the local catalog (scope products:write)")
 async def register_product(
-    client: ServiceCaller, app: AppContainer,
+    request: Request, client: ServiceCaller, app: AppContainer,
     product_id: str = Path(description="The product id (UUID)"),
 ) -> Response:
     product = parse_uuid(product_id, "product_id")
+    await refuse_body(request)
     created = await app.products.register(client, product)
     return JSONResponse({"product_id": str(product), "status": "active"},
                         status_code=201 if created else 200)
