@@ -31,7 +31,7 @@ SECRET_FIELDS = frozenset(
 )
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+_RATE = re.compile(r"^\s*([1-9]\d*)\s*/\s*(second|minute|hour|day)\s*$")
 
 
 class ServiceClient(BaseModel):
@@ -163,6 +163,10 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite:", "postgresql:", "postgres:",
                                                       "postgresql+asyncpg:", "sqlite+aiosqlite:")):
             raise ValueError("must start with sqlite:/// or postgresql://")
+        if value is not None and value.startswith("sqlite") and (
+                "///" not in value or value.split("///", 1)[1] in ("", ":memory:")):
+            raise ValueError("SQLite needs a file: sqlite:///path/to/favorites.db (one process "
+                             "shares it; an in-memory database would not be)")
         return value
 
     @field_validator("database_replica_urls")
@@ -193,7 +197,8 @@ class Settings(BaseSettings):
     @classmethod
     def _rate(cls, value: str) -> str:
         if not _RATE.match(value):
-            raise ValueError("must look like 100/minute (per second, minute, hour or day)")
+            raise ValueError("must look like 100/minute (at least 1, per second, minute, hour"
+                             " or day)")
         return value.replace(" ", "")
 
     @field_validator("cors_origins")

@@ -164,6 +164,9 @@ def test_products_import_from_stdin(served: Served) -> None:
 
 @pytest.mark.parametrize(("name", "value"), [
     ("FAVORITES_RATE_LIMIT", "lots"),
+    ("FAVORITES_RATE_LIMIT", "0/minute"),
+    ("FAVORITES_DATABASE_URL", "sqlite://"),
+    ("FAVORITES_DATABASE_URL", "sqlite:///:memory:"),
     ("FAVORITES_DATABASE_URL", "mysql://x"),
     ("FAVORITES_MAX_FAVORITES_PER_USER", "-3"),
     ("FAVORITES_CORS_ORIGINS", "*"),
