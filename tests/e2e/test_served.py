@@ -185,6 +185,24 @@ def test_bad_configuration_stops_with_one_line_naming_the_variable(
     assert name in lines[0]
 
 
+@pytest.mark.parametrize(("command", "env", "named"), [
+    (("products", "import", "/nonexistent/ids.txt"), {}, "/nonexistent/ids.txt"),
+    (("serve", "--port", "0"), {"FAVORITES_DATA_DIR": "/proc/nope"}, "/proc/nope"),
+    (("serve", "--port", "0"), {"FAVORITES_DATABASE_URL": "sqlite:////proc/nope/x.db"},
+     "unable to open database file"),
+    (("migrate", "down", "no-such-revision"), {}, "no-such-revision"),
+])
+def test_an_unusable_path_or_revision_is_one_line(
+    tmp_path: Path, command: tuple[str, ...], env: dict[str, str], named: str,
+) -> None:
+    result = subprocess.run([str(BIN / "favorites"), *command], cwd=tmp_path,
+                            env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+
+
 def test_production_refuses_generated_secrets(tmp_path: Path) -> None:
     result = subprocess.run([str(BIN / "favorites"), "serve"], cwd=tmp_path,
                             env=clean_env(FAVORITES_ENV="production"), capture_output=True,

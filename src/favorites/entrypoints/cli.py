@@ -291,9 +291,25 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _environmental(exc: Exception) -> bool:
+    """A failure of what the command was pointed at, not of the program: a path it cannot use,
+    a database it cannot open, a migration that does not exist."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OSError | CommandError | OperationalError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        if not _environmental(exc):
+            raise
+        # One line, like a bad setting: the traceback would only show our own frames.
+        print(f"favorites: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
