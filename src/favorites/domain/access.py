@@ -36,7 +36,9 @@ def ensure_can_write(principal: Principal, user_id: UUID) -> None:
 
 def ensure_owner(principal: Principal, user_id: UUID) -> None:
     """For owner-only reads (``contains``: hearts on the owner's own product grid)."""
-    ensure_can_write(principal, user_id)
+    if principal.kind is PrincipalKind.USER and principal.user_id == user_id:
+        return
+    raise Forbidden("only the owner may read this")
 
 
 def ensure_user(principal: Principal) -> None:
