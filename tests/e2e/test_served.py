@@ -172,6 +172,8 @@ def test_products_import_from_stdin(served: Served) -> None:
     ("FAVORITES_CORS_ORIGINS", "*"),
     ("FAVORITES_SERVICE_CLIENTS", "[{\"name\": \"x\"}]"),
     ("FAVORITES_FLAGS_FILE", "/nonexistent/flags.json"),
+    ("OTEL_TRACES_SAMPLER", "bogus"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl"),
 ])
 def test_bad_configuration_stops_with_one_line_naming_the_variable(
     tmp_path: Path, name: str, value: str

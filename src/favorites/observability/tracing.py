@@ -59,8 +59,20 @@ class TracingState:
 STATE = TracingState()
 
 
+_SAMPLERS = ("", "always_on", "always_off", "traceidratio", "parentbased_always_on",
+             "parentbased_always_off", "parentbased_traceidratio")
+
+
 def ratio_from_env() -> float:
+    """The sampling ratio; also where the ``OTEL_*`` settings are checked at start-up (a bad one
+    stops it with one line, like a bad ``FAVORITES_*``)."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        endpoint = os.environ.get(name, "").strip()
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}: must be an http:// or https:// URL (OTLP over HTTP)")
     sampler = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler not in _SAMPLERS:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER: must be one of {', '.join(_SAMPLERS[1:])}")
     if sampler in ("always_on", "parentbased_always_on"):
         return 1.0
     if sampler in ("always_off", "parentbased_always_off"):
