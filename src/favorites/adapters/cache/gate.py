@@ -10,10 +10,11 @@ exported as ``circuit_breaker_state{dependency="redis"}``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
@@ -73,6 +74,8 @@ class RedisGate:
         self._bypass_tokens = itertools.count(1)
         #: Failed or timed-out calls (tests, logs).
         self.failures = 0
+        #: Work that outlives its caller's cancellation (``shielded``), awaited by ``close``.
+        self._shielded: set[asyncio.Future[None]] = set()
         on_breaker_state(BreakerState.CLOSED.value)
 
     def __repr__(self) -> str:
@@ -114,7 +117,17 @@ class RedisGate:
             return SKIPPED
         return result
 
+    async def shielded(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` to its end even if the caller is cancelled (an invalidation after a
+        committed write: a shutdown must not take it along); ``close`` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._shielded.add(task)
+        task.add_done_callback(self._shielded.discard)
+        await asyncio.shield(task)
+
     async def close(self) -> None:
+        if self._shielded:
+            await asyncio.wait(self._shielded, timeout=5)
         if self.fast is not None:
             await self.fast.aclose()
 

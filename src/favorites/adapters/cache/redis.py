@@ -20,7 +20,6 @@ matches nothing, so one that Redis evicts under ``maxmemory`` cannot revalidate 
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
@@ -34,10 +33,6 @@ from favorites.adapters.cache.observer import LookupObserver, ignore_lookup
 from favorites.domain.pages import FirstPage
 
 PREFIX = "fav"
-
-#: Invalidations still on their way after their caller was cancelled (the loop holds tasks
-#: weakly).
-_deliveries: set[asyncio.Future[None]] = set()
 
 
 def _new_version() -> str:
@@ -76,10 +71,7 @@ class _RedisCache:
     async def _bump_version(self, key: str, ttl: float) -> None:
         """Shielded: the write it follows is committed, so a caller cancelled now (a shutdown)
         must not take the invalidation with it; it is delivered, or the epoch bumped."""
-        delivery = asyncio.ensure_future(self._deliver_version(key, ttl))
-        _deliveries.add(delivery)
-        delivery.add_done_callback(_deliveries.discard)
-        await asyncio.shield(delivery)
+        await self._gate.shielded(self._deliver_version(key, ttl))
 
     async def _deliver_version(self, key: str, ttl: float) -> None:
         delivered = await self._gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),

@@ -33,7 +33,7 @@ _A = audit_log.c
 
 _USER: sa.BindParameter[UUID] = sa.bindparam("user_id")
 _PRODUCT: sa.BindParameter[UUID] = sa.bindparam("product_id")
-_LOCK_USER = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key")))
+_ADVISORY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key")))
 _GET = sa.select(_F.created_at).where(_F.user_id == _USER, _F.product_id == _PRODUCT)
 _DELETE = (sa.delete(favorites).where(_F.user_id == _USER, _F.product_id == _PRODUCT)
            .returning(_F.product_id))
@@ -136,7 +136,7 @@ class _Repo:
 class SqlFavoritesRepository(_Repo):
     async def lock_user(self, user_id: UUID) -> None:
         if self._pg:  # SQLite writers are already serialised by BEGIN IMMEDIATE
-            await self._conn.execute(_LOCK_USER, {"key": advisory_key(user_id)})
+            await self._conn.execute(_ADVISORY_LOCK, {"key": advisory_key(user_id)})
 
     async def insert(self, favorite: Favorite) -> bool:
         result = await self._conn.execute(
@@ -292,7 +292,7 @@ class SqlAuditRepository(_Repo):
 class SqlRefreshTokenRepository(_Repo):
     async def lock_family(self, family_id: UUID) -> None:
         if self._pg:  # SQLite writers are already serialised by BEGIN IMMEDIATE
-            await self._conn.execute(_LOCK_USER, {"key": advisory_key(family_id)})
+            await self._conn.execute(_ADVISORY_LOCK, {"key": advisory_key(family_id)})
 
     async def insert(self, record: RefreshTokenRecord) -> None:
         await self._conn.execute(
