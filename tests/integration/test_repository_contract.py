@@ -278,6 +278,39 @@ async def test_add_is_idempotent_capped_and_audited_with_the_row(
                                             ("favorite.added", second, "r3", later)]
 
 
+async def test_add_that_requires_the_product_refuses_unknown_and_deleted_ones(
+    uow: SqlUnitOfWorkFactory,
+) -> None:
+    """The local catalog checked in the add itself: nothing is written for a product that is
+    not in the table or was deleted, and the check comes before "already held"."""
+    user, known, unknown, deleted = (uuid.uuid4() for _ in range(4))
+    async with uow() as work:
+        for product in (known, deleted):
+            await work.products.upsert(product)
+        await work.commit()
+
+    async def add(product: uuid.UUID, request: str) -> AddOutcome:
+        async with uow(user_id=user) as work:
+            outcome, _ = await work.favorites.add(
+                Favorite(user, product, T0), 10,
+                AuditEntry(AuditAction.FAVORITE_ADDED, str(user), "user", str(user), product,
+                           request), require_product=True)
+            await work.commit()
+        return outcome
+
+    assert await add(known, "r1") is AddOutcome.CREATED
+    assert await add(deleted, "r2") is AddOutcome.CREATED
+    async with uow() as work:
+        await work.products.mark_deleted(deleted, T0)
+        await work.commit()
+    assert await add(unknown, "r3") is AddOutcome.NO_PRODUCT
+    assert await add(deleted, "r4") is AddOutcome.NO_PRODUCT  # held, but deleted since
+    assert await add(known, "r5") is AddOutcome.EXISTS
+    assert await _favorites_of(uow, user) == {known, deleted}
+    assert await _audit_rows(uow, user) == [("favorite.added", known, "r1", T0),
+                                            ("favorite.added", deleted, "r2", T0)]
+
+
 async def test_remove_deletes_and_audits_only_what_was_there(uow: SqlUnitOfWorkFactory) -> None:
     user, held, absent = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await _add(uow, Favorite(user, held, T0))

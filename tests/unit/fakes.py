@@ -56,8 +56,10 @@ class FakeFavorites:
     async def delete(self, user_id: UUID, product_id: UUID) -> bool:
         return self.s.favorites.pop((user_id, product_id), None) is not None
 
-    async def add(self, favorite: Favorite, limit: int,
-                  audit: AuditEntry) -> tuple[AddOutcome, Favorite]:
+    async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
+                  require_product: bool = False) -> tuple[AddOutcome, Favorite]:
+        if require_product and self.s.products.get(favorite.product_id, 1) is not None:
+            return AddOutcome.NO_PRODUCT, favorite
         existing = await self.get(favorite.user_id, favorite.product_id)
         if existing is not None:
             return AddOutcome.EXISTS, existing
@@ -248,7 +250,11 @@ class FakeClock:
 
 
 class FakeCatalog:
-    def __init__(self, db: FakeDatabase):
+    """The fake store's products as the catalog; ``in_store=False`` acts as a product service
+    would (asked before the add)."""
+
+    def __init__(self, db: FakeDatabase, *, in_store: bool = True):
+        self.in_store = in_store
         self._db = db
         self.forgotten: list[UUID] = []
 

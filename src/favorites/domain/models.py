@@ -60,6 +60,7 @@ class AddOutcome(StrEnum):
     CREATED = "created"
     EXISTS = "exists"  # the user had it already: nothing changed
     FULL = "full"  # the user holds the most favorites allowed: nothing changed
+    NO_PRODUCT = "no_product"  # asked to check, and the product is unknown or deleted
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,7 +79,9 @@ class FavoritesService:
     ) -> tuple[Favorite, bool]:
         """Idempotent: returns the favorite and whether this call created it."""
         access.ensure_can_write(principal, user_id)
-        if product_id not in await self._catalog.existing([product_id]):
+        # A local catalog is checked by the add itself, in the same round trip.
+        in_store = self._catalog.in_store
+        if not in_store and product_id not in await self._catalog.existing([product_id]):
             raise ProductNotFound(f"product {product_id} does not exist")
         now = self._clock.now()
         entry = AuditEntry(AuditAction.FAVORITE_ADDED, principal.subject, principal.actor_type,
@@ -87,7 +89,10 @@ class FavoritesService:
         # user_id marks this user as a recent writer: their next reads see this write.
         async with self._uow(user_id=user_id) as uow:
             outcome, favorite = await uow.favorites.add(
-                Favorite(user_id, product_id, now), self._max_per_user, entry)
+                Favorite(user_id, product_id, now), self._max_per_user, entry,
+                require_product=in_store)
+            if outcome is AddOutcome.NO_PRODUCT:
+                raise ProductNotFound(f"product {product_id} does not exist")
             if outcome is AddOutcome.FULL:
                 raise FavoritesLimitReached(
                     f"a user may hold at most {self._max_per_user} favorites"

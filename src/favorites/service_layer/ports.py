@@ -28,10 +28,12 @@ class FavoritesRepository(Protocol):
 
     async def delete(self, user_id: UUID, product_id: UUID) -> bool: ...
 
-    async def add(self, favorite: Favorite, limit: int,
-                  audit: AuditEntry) -> tuple[AddOutcome, Favorite]:
+    async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
+                  require_product: bool = False) -> tuple[AddOutcome, Favorite]:
         """Add ``favorite`` and record ``audit`` unless the user has that product already (the
-        favorite held is returned) or holds ``limit`` favorites; serialised per user.
+        favorite held is returned) or holds ``limit`` favorites; serialised per user. With
+        ``require_product``, first NO_PRODUCT unless the product is in the local products table
+        and not deleted (the catalog is that table: see ``Catalog.in_store``).
 
         Atomic by itself: as a unit of work's only statement it commits on its own (PostgreSQL
         runs it as one statement, migration 0003); commit the unit anyway."""
@@ -154,6 +156,12 @@ class UnitOfWorkFactory(Protocol):
 
 class Catalog(Protocol):
     """Which products exist: the local table or the external product service."""
+
+    @property
+    def in_store(self) -> bool:
+        """True when the catalog is the favorites store's own products table: an add then checks
+        the product in the statement that inserts it (``FavoritesRepository.add`` with
+        ``require_product``) instead of asking here first, a unit of work of its own."""
 
     async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]:
         """Raises DependencyUnavailable when it cannot tell."""

@@ -26,6 +26,7 @@ from favorites.domain.cursor import CursorCodec
 from favorites.domain.models import Principal, PrincipalKind
 from favorites.service_layer.clock import SystemClock
 from favorites.service_layer.favorites import FavoritesService
+from favorites.service_layer.ports import Catalog
 from favorites.service_layer.products import ProductsService
 from favorites.service_layer.users import UsersService
 from tests.integration.cache.servers import Cluster
@@ -174,6 +175,7 @@ class Instance:
     favorites: FavoritesService
     products: ProductsService
     users: UsersService
+    catalog: Catalog
     lookups: Counter[tuple[str, str]]
     breaker_states: list[str] = field(default_factory=list)
 
@@ -197,6 +199,7 @@ def build_instance(engine: AsyncEngine, caches_factory: Any) -> Instance:
                                    max_per_user=1000),
         products=ProductsService(uow, catalog, caches.favorites, clock),
         users=UsersService(uow, caches.favorites, clock, b"p" * 32),
+        catalog=catalog,
         lookups=lookups,
         breaker_states=states,
     )

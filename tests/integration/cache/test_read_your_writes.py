@@ -127,29 +127,44 @@ async def test_concurrent_misses_of_one_key_load_once(instance: Instance) -> Non
 async def test_concurrent_existence_misses_of_one_product_look_up_once(
     instance: Instance,
 ) -> None:
+    """As for a product service's adds, or bulk adds (a single add checks the local table in
+    its own statement)."""
     product = await new_product(instance)
     probe = instance.probe
     probe.loads.clear()
     probe.hold_loads("existing")
-    users = [uuid.uuid4() for _ in range(10)]
-    adds = [asyncio.create_task(add(instance, u, product)) for u in users]
+    lookups = [asyncio.create_task(instance.catalog.existing([product])) for _ in range(10)]
     await asyncio.wait_for(probe.holding.wait(), 5)
     await asyncio.sleep(0.2)
     probe.release()
-    await asyncio.gather(*adds)
+    assert await asyncio.gather(*lookups) == [{product}] * 10
     assert probe.loads["existing"] == 1
-    await add(instance, uuid.uuid4(), product)  # now a cache hit
+    assert await instance.catalog.existing([product]) == {product}  # now a cache hit
     assert probe.loads["existing"] == 1
+
+
+async def test_a_single_add_checks_the_local_catalog_in_its_own_statement(
+    instance: Instance,
+) -> None:
+    product = await new_product(instance)
+    probe = instance.probe
+    probe.loads.clear()
+    await add(instance, uuid.uuid4(), product)
+    with pytest.raises(ProductNotFound):
+        await add(instance, uuid.uuid4(), uuid.uuid4())
+    assert probe.loads["existing"] == 0
 
 
 async def test_erasure_and_product_deletion_invalidate(instance: Instance) -> None:
     user_id, keep, gone = uuid.uuid4(), await new_product(instance), await new_product(instance)
     for product in (keep, gone):
         await add(instance, user_id, product)
-    assert await listed(instance, user_id) == {keep, gone}  # cached, and `gone` known to exist
+    assert await listed(instance, user_id) == {keep, gone}  # cached
+    assert await instance.catalog.existing([gone]) == {gone}  # cached as existing
 
     await instance.products.delete(SERVICE, gone)
-    with pytest.raises(ProductNotFound):  # its cached existence was forgotten
+    assert await instance.catalog.existing([gone]) == set()  # its cached existence was forgotten
+    with pytest.raises(ProductNotFound):
         await add(instance, uuid.uuid4(), gone)
     await instance.products.purge_favorites(gone)
     assert await listed(instance, user_id) == {keep}

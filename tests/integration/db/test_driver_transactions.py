@@ -15,13 +15,26 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from favorites.adapters.cache.null import NullFavoritesCache
+from favorites.adapters.catalog.local import LocalCatalog
 from favorites.adapters.db import driver, migrate
 from favorites.adapters.db.checkout import Checkout
 from favorites.adapters.db.driver import observe_statements
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
-from favorites.domain.models import AddOutcome, AuditAction, AuditEntry, Favorite
+from favorites.domain.cursor import CursorCodec
+from favorites.domain.errors import ProductNotFound
+from favorites.domain.models import (
+    AddOutcome,
+    AuditAction,
+    AuditEntry,
+    Favorite,
+    Principal,
+    PrincipalKind,
+)
+from favorites.service_layer.clock import SystemClock
+from favorites.service_layer.favorites import FavoritesService
 from tests.conftest import drop_postgres, fresh_postgres_url
 
 pytestmark = pytest.mark.postgres
@@ -164,6 +177,29 @@ async def test_a_unit_of_work_of_one_self_contained_statement_sends_only_it(
     async with uow(user_id=user) as work:  # nothing sent, nothing to commit
         await work.commit()
     assert sent == []
+
+
+async def test_adding_a_product_of_the_local_catalog_is_one_statement(
+    engine: AsyncEngine, sent: list[str],
+) -> None:
+    """The product check is part of the add's own statement: no unit of work of its own to look
+    the product up first, whether it exists or not."""
+    uow = SqlUnitOfWorkFactory(engine)
+    catalog = LocalCatalog(uow.on_primary())
+    service = FavoritesService(uow, catalog, NullFavoritesCache(), CursorCodec(b"k" * 32),
+                               SystemClock(), max_per_user=10)
+    owner, product = uuid.uuid4(), uuid.uuid4()
+    async with uow() as work:
+        await work.products.upsert(product)
+        await work.commit()
+    principal = Principal(PrincipalKind.USER, str(owner), owner)
+    sent.clear()
+    _, created = await service.add(principal, owner, product)
+    assert (created, sent) == (True, [driver.ADD])
+    sent.clear()
+    with pytest.raises(ProductNotFound):
+        await service.add(principal, owner, uuid.uuid4())
+    assert sent == [driver.ADD]
 
 
 async def test_a_statement_through_sqlalchemy_first_begins_the_units_transaction(

@@ -26,10 +26,13 @@ def cache() -> RecordingCache:
     return RecordingCache()
 
 
-@pytest.fixture
-def service(db: FakeDatabase, clock: FakeClock, cache: RecordingCache) -> FavoritesService:
-    return FavoritesService(db, FakeCatalog(db), cache, CursorCodec(b"k" * 32), clock,
-                            max_per_user=5)
+@pytest.fixture(params=[True, False], ids=["local-catalog", "product-service"])
+def service(request: pytest.FixtureRequest, db: FakeDatabase, clock: FakeClock,
+            cache: RecordingCache) -> FavoritesService:
+    """Each use case with the local catalog (checked by the add itself) and with a product
+    service (asked before the add)."""
+    return FavoritesService(db, FakeCatalog(db, in_store=request.param), cache,
+                            CursorCodec(b"k" * 32), clock, max_per_user=5)
 
 
 @pytest.fixture

@@ -58,6 +58,9 @@ class HttpCatalog:
     (``circuit_breaker_state{dependency="product_service"}``, wired in bootstrap).
     """
 
+    #: Products live in another service: an add asks it (through the existence cache) first.
+    in_store = False
+
     def __init__(
         self,
         base_url: str,

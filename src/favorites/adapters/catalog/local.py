@@ -9,6 +9,9 @@ from favorites.service_layer.ports import UnitOfWorkFactory
 
 
 class LocalCatalog:
+    #: The table is on the favorites store's primary: adds check it themselves.
+    in_store = True
+
     def __init__(self, uow: UnitOfWorkFactory):
         self._uow = uow
 

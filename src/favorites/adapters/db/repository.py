@@ -172,9 +172,14 @@ class SqlFavoritesRepository(_Repo):
         result = await self._conn.execute(_DELETE, {"user_id": user_id, "product_id": product_id})
         return result.first() is not None
 
-    async def add(self, favorite: Favorite, limit: int,
-                  audit: AuditEntry) -> tuple[AddOutcome, Favorite]:
-        # The steps of favorites_add() (migration 0003), one statement each.
+    async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
+                  require_product: bool = False) -> tuple[AddOutcome, Favorite]:
+        # The steps of favorites_add() (migration 0005), one statement each.
+        if require_product:
+            found = await self._conn.execute(
+                _EXISTING_PRODUCTS, {"product_ids": [favorite.product_id]})
+            if found.first() is None:
+                return AddOutcome.NO_PRODUCT, favorite
         await self.lock_user(favorite.user_id)
         existing = await self.get(favorite.user_id, favorite.product_id)
         if existing is not None:
