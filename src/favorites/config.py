@@ -246,11 +246,13 @@ def load_settings(**overrides: Any) -> Settings:
             f"{ENV_PREFIX}JWT_PRIVATE_KEY_FILE: required when FAVORITES_JWT_ALGORITHM="
             f"{settings.jwt_algorithm}"
         )
+    if settings.jwt_secret is not None and len(settings.jwt_secret.get_secret_value()) < 32:
+        # In every environment: HS256 wants a key of at least 256 bits (RFC 7518 §3.2), and a
+        # short one set for development would otherwise be found working and carried forward.
+        raise ConfigError(f"{ENV_PREFIX}JWT_SECRET: must be at least 32 characters")
     if settings.is_production:
         if settings.jwt_algorithm == "HS256" and settings.jwt_secret is None:
             raise ConfigError(f"{ENV_PREFIX}JWT_SECRET: required when FAVORITES_ENV=production")
-        if settings.jwt_secret is not None and len(settings.jwt_secret.get_secret_value()) < 32:
-            raise ConfigError(f"{ENV_PREFIX}JWT_SECRET: must be at least 32 characters")
         if settings.service_clients is None:
             raise ConfigError(
                 f"{ENV_PREFIX}SERVICE_CLIENTS: required when FAVORITES_ENV=production"
