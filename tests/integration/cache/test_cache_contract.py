@@ -13,6 +13,7 @@ from redis.crc import key_slot
 from favorites.adapters.cache import policy
 from favorites.adapters.cache.memory import Entries, Versions
 from favorites.adapters.cache.redis import RedisFavoritesCache
+from favorites.adapters.cache.redis_client import server_identity
 from favorites.adapters.db.recent_writers import RedisRecentWriters
 from favorites.domain.models import Favorite
 from favorites.domain.pages import FirstPage
@@ -245,3 +246,15 @@ def test_in_process_versions_never_revalidate_an_old_token() -> None:
     for key in range(2, 10):  # 1's mark is forgotten; the floor rises past the old token
         versions.bump(key)
     assert versions.token(1) != token
+
+
+async def test_the_server_identity_names_each_primary_and_is_stable(
+        redis_backed: Instance) -> None:
+    """One run_id on a single server; on the cluster, one per primary with its address."""
+    gate = redis_backed.caches.gate
+    assert gate is not None
+    first = await server_identity(gate.client)
+    assert first == await server_identity(gate.client)
+    entries = first.split(" ")
+    assert len(entries) == (3 if isinstance(gate.client, RedisCluster) else 1)
+    assert all(len(entry.rsplit("=", 1)[-1]) == 40 for entry in entries)  # run_ids: 40 hex

@@ -141,6 +141,33 @@ async def test_another_instance_moves_to_the_new_epoch_within_one_poll(
         await eventually_cached(b, user_id, {p1, p2})
 
 
+async def test_redis_restarted_from_an_older_snapshot_is_noticed_within_one_poll(
+    pg_engine: AsyncEngine, server: RedisServer,
+) -> None:
+    """No instance saw an outage or lost an invalidation: Redis was snapshotted, a later write's
+    invalidation was delivered, then Redis restarted from the snapshot, bringing back the older
+    page and the version key it was tagged with, both looking current. The new server's identity
+    (its run_id) makes the instance bump the epoch at its next poll."""
+    async with running(pg_engine, server) as a:
+        assert a.caches.gate is not None
+        user_id, p1, p2 = uuid.uuid4(), await new_product(a), await new_product(a)
+        await add(a, user_id, p1)
+        await eventually_cached(a, user_id, {p1})
+        assert server.cli("SAVE").strip() == "OK"  # the snapshot holds the page {p1}
+        await add(a, user_id, p2)  # invalidated in Redis, after the snapshot
+        await eventually_cached(a, user_id, {p1, p2})
+        assert a.caches.gate.epoch.bumps == 0
+        server.kill()  # not saved again: it restarts with the snapshot's data
+        server.start()
+        await reconnected(a)
+        await asyncio.sleep(FAST["epoch_interval"] * 2.5)
+        assert await listed(a, user_id) == {p1, p2}, "the snapshot's older page was served"
+        assert a.caches.gate.epoch.bumps == 1
+        await eventually_cached(a, user_id, {p1, p2})
+        await asyncio.sleep(FAST["epoch_interval"] * 2.5)
+        assert a.caches.gate.epoch.bumps == 1, "the same server again is not a new one"
+
+
 async def test_an_instance_whose_breaker_closes_rereads_the_epoch_before_using_redis(
     pg_engine: AsyncEngine, server: RedisServer,
 ) -> None:

@@ -12,6 +12,12 @@ Redis that was down for everyone serves nobody meanwhile. Besides, an instance w
 again re-reads the epoch before it uses Redis (``require_sync``), and one whose epoch is older than
 ``max_staleness`` (the database unreachable) or whose bump failed does not use Redis at all.
 
+A Redis that restarts from a snapshot, or a replica promoted in a failover, can bring back
+version keys older than invalidations it had already received, without any instance seeing an
+error. So the poll also asks Redis who it is (``identity``: its ``run_id``); when the answer
+changes, this instance bumps the epoch. Until that poll (at most ``interval``) an instance may
+still serve an entry the restarted Redis brought back.
+
 A bump drops the whole cache (cold start for a few minutes). That is the price of never serving a
 stale list; it only happens when Redis fails, when the caches are being skipped anyway. Concurrent
 bumps of one instance are coalesced: one ``UPDATE`` covers every failure that happened before it
@@ -24,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from favorites.tasks import cancel_and_wait
@@ -46,8 +52,12 @@ class CacheEpoch:
         interval: float = 1.0,
         max_staleness: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        identity: Callable[[], Awaitable[str]] | None = None,
     ):
         self._store = store
+        self._identity = identity
+        #: The Redis server's identity at the last poll that could ask it.
+        self._server: str | None = None
         self._interval = interval
         self._max_staleness = max_staleness
         self._clock = clock
@@ -108,7 +118,23 @@ class CacheEpoch:
         self.bumps += 1
         self._bump_failed = False
         self._advance(epoch, started)
-        log.warning("cache epoch bumped to %d after an undelivered invalidation", epoch)
+        log.warning("cache epoch bumped to %d after an undelivered invalidation or a new Redis "
+                    "server", epoch)
+
+    async def check_server(self) -> None:
+        """Bump when Redis is not the server it was at the last poll; never raises. An unreachable
+        Redis is no answer: the breaker and the bumps of undelivered invalidations cover it."""
+        if self._identity is None:
+            return
+        try:
+            seen = await self._identity()
+        except Exception:
+            return
+        before, self._server = self._server, seen
+        if before is not None and seen != before:
+            log.warning("Redis is a new server (%s, was %s): its data may predate invalidations",
+                        seen, before)
+            await self.bump()
 
     def _advance(self, epoch: int, started: float) -> None:
         self.current = max(self.current, epoch)
@@ -118,6 +144,7 @@ class CacheEpoch:
         """Never blocks start-up: until the first read succeeds, Redis is simply not used."""
         with contextlib.suppress(Exception):
             await self.sync()
+        await self.check_server()
         self._task = asyncio.create_task(self._run(), name="cache-epoch-sync")
 
     async def stop(self) -> None:
@@ -138,6 +165,7 @@ class CacheEpoch:
                     await self.bump()
                 else:
                     await self.sync()
+                    await self.check_server()
             except Exception:  # keep polling; Redis is skipped once the epoch is too old
                 if not failing:  # once per streak, not once a second
                     log.warning("cannot read the cache epoch; caches bypassed until it can be "

@@ -48,3 +48,17 @@ def build_redis_client(url: str, *, cluster: bool = False,
         max_connections=1000,
         **options,
     )
+
+
+async def server_identity(client: RedisClient) -> str:
+    """Which Redis process(es) hold the data: the ``run_id`` of the server, or of every primary
+    of a cluster with its address. It changes when a server restarts (from a snapshot, perhaps,
+    with version keys older than invalidations already delivered) or another takes over (a
+    failover to a replica that had not received them), which ``CacheEpoch`` treats as data that
+    cannot be trusted."""
+    if isinstance(client, RedisCluster):
+        replies: dict[str, Any] = await client.info(
+            "server", target_nodes=RedisCluster.PRIMARIES)
+        return " ".join(sorted(f"{node}={info['run_id']}" for node, info in replies.items()))
+    info: dict[str, Any] = await client.info("server")
+    return str(info["run_id"])

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from favorites.adapters.cache.memory import InProcessFavoritesCache, InProcessPr
 from favorites.adapters.cache.null import NullFavoritesCache
 from favorites.adapters.cache.observer import LookupObserver, ignore_lookup
 from favorites.adapters.cache.redis import PREFIX, RedisFavoritesCache, RedisProductCache
-from favorites.adapters.cache.redis_client import RedisClient
+from favorites.adapters.cache.redis_client import RedisClient, server_identity
 from favorites.service_layer.ports import Catalog, FavoritesCache
 
 
@@ -88,7 +89,8 @@ def redis_caches(
     epoch_interval: float = 1.0,
 ) -> Caches:
     """The Redis caches on ``client``; ``prefix`` and the timings are for tests."""
-    epoch = CacheEpoch(CacheEpochRepository(primary), interval=epoch_interval)
+    epoch = CacheEpoch(CacheEpochRepository(primary), interval=epoch_interval,
+                       identity=functools.partial(server_identity, client))
     gate = RedisGate(client, epoch, deadline=deadline, failure_threshold=failure_threshold,
                      reset_timeout=reset_timeout, on_breaker_state=on_breaker_state)
     return Caches(
