@@ -5,6 +5,7 @@ others did, and a hung or lost connection fails fast and is replaced."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import Iterator
@@ -96,6 +97,37 @@ async def test_a_hung_server_fails_callers_then_the_connection_is_replaced(
     server.resume()
     assert await redis.execute("GET", "k") == b"v"
     await redis.aclose()
+
+
+async def test_a_batch_given_up_leaves_no_failure_unretrieved(server: RedisServer) -> None:
+    """A caller stops waiting for a batch (a cancelled request), then the server is found hung:
+    closing the connection fails the batch's remaining commands, which nobody waits for. Their
+    failures must not reach asyncio's "Future exception was never retrieved" error log (a batch
+    is how a cache entry is stored: in a Redis outage under load that was an ERROR line)."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        redis = _client(server)
+        await redis.execute("SET", "k", "v")
+        server.pause()
+        batch = asyncio.ensure_future(
+            redis.execute_many(("GET", "k"), ("GET", "k"), ("MGET", "k", "x")))
+        await asyncio.sleep(0.02)
+        batch.cancel()
+        await asyncio.wait([batch])
+        assert batch.cancelled()
+        del batch  # nothing but the connection holds the batch's replies now
+        with pytest.raises(RedisConnectionError):  # another caller finds the server hung
+            await redis.execute("GET", "k")
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+        server.resume()
+        assert await redis.execute("GET", "k") == b"v"
+        await redis.aclose()
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_a_restarted_server_is_reconnected_to(server: RedisServer) -> None:

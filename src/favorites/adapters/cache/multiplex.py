@@ -92,6 +92,7 @@ class _Connection(asyncio.Protocol):
             future, _ = self._pending.popleft()
             if not future.done():
                 future.set_exception(error)
+                future.exception()  # whoever waits still gets it; nobody waiting is not an error
 
     def send(self, args: tuple[Any, ...]) -> tuple[asyncio.Future[Any], float]:
         if self.closed or self._transport is None:
@@ -186,7 +187,18 @@ class MultiplexedRedis:
         if connection is None or connection.closed:
             connection = await self._connect()
         futures = [connection.send(args)[0] for args in commands]
-        return [await future for future in futures]
+        try:
+            return [await future for future in futures]
+        except BaseException:
+            # The caller gets the first failure and stops waiting for the rest: their replies
+            # are dropped when they come, and their failures (a lost connection fails them all)
+            # are not left unretrieved for asyncio to log as errors.
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()
+            raise
 
     async def _connect(self) -> _Connection:
         if self._connecting is None:
