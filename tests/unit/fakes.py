@@ -125,7 +125,8 @@ class FakeProducts:
         self.s.products[product_id] = self.s.products.get(product_id) or at
         return True
 
-    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]:
+    async def existing(self, product_ids: Sequence[UUID], *,
+                       for_share: bool = False) -> set[UUID]:
         return {p for p in product_ids if p in self.s.products and self.s.products[p] is None}
 
 

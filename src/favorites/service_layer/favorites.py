@@ -50,6 +50,12 @@ class BulkResult:
     removed: list[UUID]
 
 
+def _ensure_known(product_ids: Sequence[UUID], known: set[UUID]) -> None:
+    unknown = [pid for pid in product_ids if pid not in known]
+    if unknown:
+        raise ProductNotFound(f"products do not exist: {', '.join(map(str, unknown))}")
+
+
 class FavoritesService:
     def __init__(
         self,
@@ -118,13 +124,15 @@ class FavoritesService:
             raise ValidationFailed(f"at most {MAX_BULK} products per request")
         if both := set(adds) & set(removes):
             raise ValidationFailed(f"product {min(both)} is both added and removed")
-        if adds:
-            known = await self._catalog.existing(adds)  # one batch lookup
-            unknown = [pid for pid in adds if pid not in known]
-            if unknown:
-                raise ProductNotFound(f"products do not exist: {', '.join(map(str, unknown))}")
+        in_store = self._catalog.in_store
+        if adds and not in_store:
+            _ensure_known(adds, await self._catalog.existing(adds))  # one batch lookup
         now = self._clock.now()
         async with self._uow(user_id=user_id) as uow:
+            if adds and in_store:
+                # Held until the commit: a deletion of one of them waits, and its purge then
+                # sees these favorites (as for a single add, in favorites_add()).
+                _ensure_known(adds, await uow.products.existing(adds, for_share=True))
             await uow.favorites.lock_user(user_id)
             inserted = await uow.favorites.insert_many(user_id, adds, now)
             deleted = await uow.favorites.delete_many(user_id, removes)

@@ -72,7 +72,10 @@ class ProductsRepository(Protocol):
 
     async def mark_deleted(self, product_id: UUID, at: datetime) -> bool: ...
 
-    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]: ...
+    async def existing(self, product_ids: Sequence[UUID], *,
+                       for_share: bool = False) -> set[UUID]:
+        """The ids that exist and are not deleted. ``for_share``: in a writing unit of work,
+        keep them so until it ends (a deletion waits for it), as an add of them needs."""
 
 
 class AuditRepository(Protocol):

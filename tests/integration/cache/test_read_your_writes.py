@@ -127,8 +127,8 @@ async def test_concurrent_misses_of_one_key_load_once(instance: Instance) -> Non
 async def test_concurrent_existence_misses_of_one_product_look_up_once(
     instance: Instance,
 ) -> None:
-    """As for a product service's adds, or bulk adds (a single add checks the local table in
-    its own statement)."""
+    """As for a product service's adds (with the local catalog, adds check the table in their
+    own transaction)."""
     product = await new_product(instance)
     probe = instance.probe
     probe.loads.clear()

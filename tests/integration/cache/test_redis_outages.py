@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from favorites.adapters.cache import codec, policy
 from favorites.adapters.cache.redis import RedisFavoritesCache
-from favorites.adapters.cache.redis_client import build_redis_client
+from favorites.adapters.cache.redis_client import build_redis_client, server_identity
 from favorites.adapters.catalog.breaker import BreakerState
 from favorites.domain.pages import FirstPage
 from tests.integration.cache.conftest import FAST, Instance, new_product, redis_instance, user
@@ -237,3 +237,24 @@ async def test_redis_down_at_start_up_serves_from_the_database_then_caches(
             await eventually_cached(instance, user_id, {product})
         finally:
             server.stop()
+
+
+async def test_a_cluster_of_one_primary_has_an_identity(tmp_path: Path) -> None:
+    """A one-shard cluster (common on managed Redis): redis-py answers INFO of a single target
+    node as that node's reply, not keyed by node."""
+    node = RedisServer(tmp_path / "one", None, "--cluster-enabled", "yes",
+                       "--cluster-config-file", str(tmp_path / "one.conf")).start()
+    try:
+        assert node.cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383").strip() == "OK"
+        deadline = time.monotonic() + 10
+        while "cluster_state:ok" not in node.cli("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "the one-node cluster never became ready"
+            await asyncio.sleep(0.05)
+        client = build_redis_client(f"redis://127.0.0.1:{node.port}", cluster=True)
+        try:
+            identity = await server_identity(client)
+        finally:
+            await client.aclose()
+        assert identity == node.cli("INFO", "server").split("run_id:")[1].split()[0]
+    finally:
+        node.stop()

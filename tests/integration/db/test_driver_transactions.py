@@ -21,6 +21,7 @@ from favorites.adapters.db import driver, migrate
 from favorites.adapters.db.checkout import Checkout
 from favorites.adapters.db.driver import observe_statements
 from favorites.adapters.db.engine import PoolSettings, create_engine
+from favorites.adapters.db.repository import advisory_key
 from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from favorites.domain.cursor import CursorCodec
@@ -35,9 +36,17 @@ from favorites.domain.models import (
 )
 from favorites.service_layer.clock import SystemClock
 from favorites.service_layer.favorites import FavoritesService
+from favorites.service_layer.products import ProductsService
 from tests.conftest import drop_postgres, fresh_postgres_url
 
 pytestmark = pytest.mark.postgres
+
+
+class _AllOn:
+    """Every flag on: bulk changes are behind ``enable_favorites_v2``."""
+
+    def enabled(self, flag: str, user_id: uuid.UUID) -> bool:
+        return True
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -200,6 +209,52 @@ async def test_adding_a_product_of_the_local_catalog_is_one_statement(
     with pytest.raises(ProductNotFound):
         await service.add(principal, owner, uuid.uuid4())
     assert sent == [driver.ADD]
+
+
+@pytest.mark.parametrize("kind", ["single", "bulk"])
+async def test_a_product_deleted_while_an_add_waits_leaves_no_favorite_of_it(
+    postgres_url: str, kind: str,
+) -> None:
+    """An add checks the product, then waits for the user's lock (another add of theirs holds
+    it). Meanwhile the product is deleted and its favorites purged. The add must not then insert
+    a favorite of the deleted product that nothing will ever purge: the deletion waits for it."""
+    engine = create_engine(postgres_url, PoolSettings(2, 4, 5000))
+    uow = SqlUnitOfWorkFactory(engine)
+    catalog = LocalCatalog(uow.on_primary())
+    clock = SystemClock()
+    favorites = FavoritesService(uow, catalog, NullFavoritesCache(), CursorCodec(b"k" * 32),
+                                 clock, max_per_user=10, flags=_AllOn())
+    products = ProductsService(uow, catalog, NullFavoritesCache(), clock)
+    owner, product = uuid.uuid4(), uuid.uuid4()
+    await products.register_many([product])
+    principal = Principal(PrincipalKind.USER, str(owner), owner)
+    catalog_client = Principal(PrincipalKind.SERVICE, "catalog",
+                               scopes=frozenset({"products:write"}))
+    holder = await asyncpg.connect(postgres_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute(driver.LOCK_USER, advisory_key(owner))
+        if kind == "single":
+            add = asyncio.ensure_future(favorites.add(principal, owner, product))
+        else:
+            add = asyncio.ensure_future(favorites.bulk(principal, owner, [product], []))
+        await asyncio.sleep(0.3)  # the add has checked the product and waits for the lock
+
+        async def delete_and_purge() -> int:
+            await products.delete(catalog_client, product)
+            return await products.purge_favorites(product)
+
+        deletion = asyncio.ensure_future(delete_and_purge())
+        await asyncio.sleep(0.3)
+        await held.commit()
+        await asyncio.wait_for(asyncio.gather(add, deletion), 5)
+        left = await holder.fetchval("SELECT count(*) FROM favorites WHERE product_id = $1",
+                                     product)
+    finally:
+        await holder.close()
+        await engine.dispose()
+    assert (deletion.result(), left) == (1, 0)
 
 
 async def test_a_statement_through_sqlalchemy_first_begins_the_units_transaction(

@@ -58,6 +58,7 @@ class CacheEpoch:
         self._identity = identity
         #: The Redis server's identity at the last poll that could ask it.
         self._server: str | None = None
+        self._identity_failing = False
         self._interval = interval
         self._max_staleness = max_staleness
         self._clock = clock
@@ -129,7 +130,12 @@ class CacheEpoch:
         try:
             seen = await self._identity()
         except Exception:
+            if not self._identity_failing:  # once per streak: Redis down, or INFO not allowed
+                log.warning("cannot ask Redis which server it is; a restart from an older "
+                            "snapshot is not noticed until it can", exc_info=True)
+            self._identity_failing = True
             return
+        self._identity_failing = False
         before, self._server = self._server, seen
         if before is not None and seen != before:
             log.warning("Redis is a new server (%s, was %s): its data may predate invalidations",

@@ -59,6 +59,8 @@ async def server_identity(client: RedisClient) -> str:
     if isinstance(client, RedisCluster):
         replies: dict[str, Any] = await client.info(
             "server", target_nodes=RedisCluster.PRIMARIES)
+        if "run_id" in replies:  # redis-py answers a single primary's INFO as is, not by node
+            return str(replies["run_id"])
         return " ".join(sorted(f"{node}={info['run_id']}" for node, info in replies.items()))
     info: dict[str, Any] = await client.info("server")
     return str(info["run_id"])

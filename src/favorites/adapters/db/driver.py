@@ -83,6 +83,7 @@ CONTAINS = "SELECT product_id FROM favorites WHERE user_id = $1 AND product_id =
 COUNT_FOR_PRODUCT = "SELECT count(*) FROM favorites WHERE product_id = $1"
 EXISTING_PRODUCTS = ("SELECT product_id FROM products"
                      " WHERE product_id = ANY($1::uuid[]) AND deleted_at IS NULL")
+EXISTING_PRODUCTS_FOR_SHARE = EXISTING_PRODUCTS + " FOR SHARE"
 ACTIVE_REVOCATIONS = ("SELECT jti, expires_at FROM revoked_tokens"
                       " WHERE revoked_at >= $1 AND expires_at > $2")
 
@@ -335,8 +336,10 @@ class DriverProductsRepository(SqlProductsRepository):
         super().__init__(conn, "postgresql")
         self._db = driver
 
-    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]:
-        rows = await self._db.fetch(EXISTING_PRODUCTS, list(product_ids))
+    async def existing(self, product_ids: Sequence[UUID], *,
+                       for_share: bool = False) -> set[UUID]:
+        rows = await self._db.fetch(EXISTING_PRODUCTS_FOR_SHARE if for_share
+                                    else EXISTING_PRODUCTS, list(product_ids))
         return {row[0] for row in rows}
 
 

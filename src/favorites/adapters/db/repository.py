@@ -269,8 +269,13 @@ class SqlProductsRepository(_Repo):
         result = await self._conn.execute(stmt)
         return bool(result.rowcount)
 
-    async def existing(self, product_ids: Sequence[UUID]) -> set[UUID]:
-        result = await self._conn.execute(_EXISTING_PRODUCTS, {"product_ids": list(product_ids)})
+    async def existing(self, product_ids: Sequence[UUID], *,
+                       for_share: bool = False) -> set[UUID]:
+        # SQLite has no row locks (and needs none: a writing unit of work holds the database's
+        # write lock from its start), so FOR SHARE is PostgreSQL's only.
+        statement = (_EXISTING_PRODUCTS.with_for_update(read=True) if for_share and self._pg
+                     else _EXISTING_PRODUCTS)
+        result = await self._conn.execute(statement, {"product_ids": list(product_ids)})
         return set(result.scalars().all())
 
 

@@ -6,6 +6,12 @@ and written), about as much of the service's CPU as the add itself when the prod
 cached yet. Here the function looks the product up before it takes any lock, and answers
 ``no_product`` without writing when it is unknown or deleted.
 
+The look-up takes a share lock on the product's row (``FOR SHARE``) until the add commits: a
+deletion (``UPDATE products SET deleted_at``) then waits for the add, so the purge that follows
+it finds the new favorite. Without the lock, an add that checked the product and then waited for
+the user's lock could insert after the deletion and its purge, leaving a favorite of a deleted
+product for good. (A key-share lock would not do: the deletion changes no key column.)
+
 Expand-only: an overload with one more argument (``p_require_product``), so the version before
 this one keeps calling the eleven-argument function beside it; a later release may drop that.
 The body is 0004's with the check in front, spelled out so this migration does not change when
@@ -38,7 +44,8 @@ LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF p_require_product THEN
         PERFORM 1 FROM products p
-         WHERE p.product_id = p_product_id AND p.deleted_at IS NULL;
+         WHERE p.product_id = p_product_id AND p.deleted_at IS NULL
+           FOR SHARE;
         IF NOT FOUND THEN
             result := 'no_product';
             RETURN;
