@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from pathlib import Path
 
@@ -42,6 +43,37 @@ class SlowStore:
             raise OSError("database unreachable")
         self.epoch += 1
         return self.epoch
+
+
+async def test_a_new_redis_server_bumps_once_an_outage_neither_bumps_nor_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """None is Redis not answering (no news, and the breaker's business); an identity that
+    cannot be had for another reason (INFO refused) is logged once per streak."""
+    caplog.set_level(logging.WARNING, logger="favorites.cache")
+    store = SlowStore()
+    store.release.set()
+    answers: list[object] = ["run-a", None, None, "run-a", "run-b", "run-b",
+                             PermissionError("NOPERM"), PermissionError("NOPERM"), "run-b"]
+
+    async def identity() -> str | None:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    epoch = CacheEpoch(store, identity=identity)
+    await epoch.sync()
+    bumps = []
+    for _ in range(9):
+        await epoch.check_server()
+        bumps.append(store.bumps)
+    assert bumps == [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "favorites.cache"]
+    assert [w for w in warnings if w.startswith("cannot ask Redis")] == [
+        "cannot ask Redis which server it is; a restart from an older snapshot is not noticed "
+        "until it can"]
+    assert sum(w.startswith("Redis is a new server") for w in warnings) == 1
 
 
 async def test_concurrent_bumps_are_coalesced_but_none_is_skipped() -> None:

@@ -258,3 +258,18 @@ async def test_a_cluster_of_one_primary_has_an_identity(tmp_path: Path) -> None:
         assert identity == node.cli("INFO", "server").split("run_id:")[1].split()[0]
     finally:
         node.stop()
+
+
+async def test_an_unreachable_redis_has_no_identity_rather_than_an_error(
+        server: RedisServer) -> None:
+    """An outage is the breaker's: the identity check neither raises nor logs for it."""
+    client = build_redis_client(server.url)
+    try:
+        assert await server_identity(client) is not None
+        server.pause()
+        assert await server_identity(client) is None  # hung: read timeout
+        server.resume()
+        server.kill()
+        assert await server_identity(client) is None  # refused
+    finally:
+        await client.aclose()

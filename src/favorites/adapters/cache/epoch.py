@@ -52,7 +52,7 @@ class CacheEpoch:
         interval: float = 1.0,
         max_staleness: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
-        identity: Callable[[], Awaitable[str]] | None = None,
+        identity: Callable[[], Awaitable[str | None]] | None = None,
     ):
         self._store = store
         self._identity = identity
@@ -124,16 +124,19 @@ class CacheEpoch:
 
     async def check_server(self) -> None:
         """Bump when Redis is not the server it was at the last poll; never raises. An unreachable
-        Redis is no answer: the breaker and the bumps of undelivered invalidations cover it."""
+        Redis (``identity`` gives None) is no answer, and no news: the breaker and the bumps of
+        undelivered invalidations cover an outage."""
         if self._identity is None:
             return
         try:
             seen = await self._identity()
         except Exception:
-            if not self._identity_failing:  # once per streak: Redis down, or INFO not allowed
+            if not self._identity_failing:  # once per streak: INFO not allowed, say
                 log.warning("cannot ask Redis which server it is; a restart from an older "
                             "snapshot is not noticed until it can", exc_info=True)
             self._identity_failing = True
+            return
+        if seen is None:
             return
         self._identity_failing = False
         before, self._server = self._server, seen

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 RedisClient = Redis | RedisCluster
 
@@ -50,12 +52,20 @@ def build_redis_client(url: str, *, cluster: bool = False,
     )
 
 
-async def server_identity(client: RedisClient) -> str:
+async def server_identity(client: RedisClient) -> str | None:
     """Which Redis process(es) hold the data: the ``run_id`` of the server, or of every primary
     of a cluster with its address. It changes when a server restarts (from a snapshot, perhaps,
     with version keys older than invalidations already delivered) or another takes over (a
     failover to a replica that had not received them), which ``CacheEpoch`` treats as data that
-    cannot be trusted."""
+    cannot be trusted. None when Redis does not answer (an outage the breaker already handles);
+    any other failure (``INFO`` not allowed to this user) raises."""
+    try:
+        return await _server_identity(client)
+    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+        return None
+
+
+async def _server_identity(client: RedisClient) -> str:
     if isinstance(client, RedisCluster):
         replies: dict[str, Any] = await client.info(
             "server", target_nodes=RedisCluster.PRIMARIES)
