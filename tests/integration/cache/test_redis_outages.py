@@ -253,9 +253,11 @@ async def test_a_cluster_of_one_primary_has_an_identity(tmp_path: Path) -> None:
         client = build_redis_client(f"redis://127.0.0.1:{node.port}", cluster=True)
         try:
             identity = await server_identity(client)
+            assert identity == node.cli("INFO", "server").split("run_id:")[1].split()[0]
+            node.kill()  # an outage of the cluster is no answer, every time
+            assert [await server_identity(client) for _ in range(3)] == [None, None, None]
         finally:
             await client.aclose()
-        assert identity == node.cli("INFO", "server").split("run_id:")[1].split()[0]
     finally:
         node.stop()
 
@@ -273,3 +275,5 @@ async def test_an_unreachable_redis_has_no_identity_rather_than_an_error(
         assert await server_identity(client) is None  # refused
     finally:
         await client.aclose()
+
+

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -52,6 +53,12 @@ def build_redis_client(url: str, *, cluster: bool = False,
     )
 
 
+#: What a Redis (or a Cluster: "cannot be connected", CLUSTERDOWN, a slot not covered) that is
+#: down or unreachable raises; redis-py's cluster errors are not all ``ConnectionError``s.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, ClusterError,
+                OSError, TimeoutError)
+
+
 async def server_identity(client: RedisClient) -> str | None:
     """Which Redis process(es) hold the data: the ``run_id`` of the server, or of every primary
     of a cluster with its address. It changes when a server restarts (from a snapshot, perhaps,
@@ -61,7 +68,7 @@ async def server_identity(client: RedisClient) -> str | None:
     any other failure (``INFO`` not allowed to this user) raises."""
     try:
         return await _server_identity(client)
-    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+    except _UNREACHABLE:
         return None
 
 
