@@ -36,8 +36,9 @@ class ProductExistenceCache(Protocol):
 class CachedCatalog:
     def __init__(self, inner: Catalog, cache: ProductExistenceCache):
         self.inner = inner
-        # An add checks the local table itself, so only bulk adds (and the product service's
-        # adds) go through this cache then.
+        # Adds check a local table themselves (single and bulk, under a share lock), so only a
+        # product service's answers are read from this cache; for a local table it is kept for
+        # ``forget`` alone.
         self.in_store = inner.in_store
         self._cache = cache
         self._lookups: SingleFlight[tuple[UUID, int], set[UUID]] = SingleFlight()
