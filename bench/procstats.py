@@ -5,6 +5,10 @@
   (``postgres: 15/main: postgres favorites_bench 127.0.0.1(…) idle``)
 - the generator: this process, through ``resource.getrusage``
 - the machine: /proc/stat, so CPU taken by anything else on the box (other people's builds) shows
+- the disk: reads and writes completed on the machine's disks (/proc/diskstats), and the time some
+  process waited for I/O (pressure stall information, /proc/pressure/io). On a virtual machine
+  whose host reclaims the page cache, or whose disk stalls on a flush, a run's tail latency is
+  the disk's; these figures show when that happened, second by second
 """
 
 from __future__ import annotations
@@ -150,6 +154,40 @@ def background_cpu_pct(seconds: float = 2.0) -> float:
     return round(100 * (busy1 - busy0) / (time.perf_counter() - t0), 1)
 
 
+def io_stall_us() -> int | None:
+    """Microseconds since boot in which at least one task waited for I/O (PSI ``some``); None
+    on a kernel without pressure stall information."""
+    try:
+        text = (_PROC / "pressure" / "io").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("some "):
+            return int(line.rpartition("total=")[2])
+    return None
+
+
+#: Block devices that are not disks: loop mounts, RAM and compressed-RAM devices.
+_NOT_DISKS = ("loop", "ram", "zram")
+
+
+def disk_ops() -> tuple[int, int]:
+    """(reads, writes) completed since boot on the machine's whole disks (partitions are in
+    /proc/diskstats too; only whole disks appear in /sys/block, so nothing counts twice)."""
+    try:
+        disks = {d.name for d in Path("/sys/block").iterdir() if not d.name.startswith(_NOT_DISKS)}
+        text = (_PROC / "diskstats").read_text()
+    except OSError:
+        return 0, 0
+    reads = writes = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 7 and fields[2] in disks:
+            reads += int(fields[3])
+            writes += int(fields[7])
+    return reads, writes
+
+
 def generator_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -206,13 +244,14 @@ class Sampler:
         self._postmaster = find_postmaster(database) if database else None
         self._reaped0 = 0.0
         self._reaped_last = 0.0
-        self.series: list[dict[str, float]] = []
+        self.series: list[dict[str, float | None]] = []
         self.peak_rss_kib: dict[int, int] = {}
         self.peak_server_rss_sum_kib = 0
         self._task: asyncio.Task[None] | None = None
         self._t0 = 0.0
         self._gen0 = 0.0
         self._machine0 = (0.0, 0.0)
+        self._io0: tuple[int | None, tuple[int, int]] = (None, (0, 0))
 
     def _server_pids(self) -> list[int]:
         if self.server_pid is None:
@@ -251,11 +290,13 @@ class Sampler:
         self._t0 = time.perf_counter()
         self._gen0 = generator_cpu()
         self._machine0 = machine_cpu()
+        self._io0 = (io_stall_us(), disk_ops())
         self._sample(first=True)
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         last_t, last_gen, last_machine = self._t0, self._gen0, self._machine0
+        last_stall, last_disk = self._io0
         while True:
             await asyncio.sleep(self.interval)
             t = time.perf_counter()
@@ -265,6 +306,7 @@ class Sampler:
             span = t - last_t
             busy = machine[0] - last_machine[0]
             ours = sample["server"] + sample["postgres"] + (gen - last_gen)
+            stall, disk = io_stall_us(), disk_ops()
             self.series.append({
                 "t": round(t - self._t0, 3),
                 "server_cpu_pct": round(100 * sample["server"] / span, 1),
@@ -273,8 +315,13 @@ class Sampler:
                 "machine_cpu_pct": round(100 * busy / span, 1),
                 "other_cpu_pct": round(100 * max(0.0, busy - ours) / span, 1),
                 "server_rss_mib": round(sample["server_rss_kib"] / 1024, 1),
+                "io_stall_ms": (round((stall - last_stall) / 1000 / span, 1)
+                                if stall is not None and last_stall is not None else None),
+                "disk_reads_per_s": round((disk[0] - last_disk[0]) / span, 1),
+                "disk_writes_per_s": round((disk[1] - last_disk[1]) / span, 1),
             })
             last_t, last_gen, last_machine = t, gen, machine
+            last_stall, last_disk = stall, disk
 
     async def stop(self) -> dict[str, Any]:
         if self._task is not None:
@@ -290,6 +337,9 @@ class Sampler:
         pg_bench = self._pg.total()
         pg = self._pg_all.total() + (self._reaped_last - self._reaped0)
         other = max(0.0, machine_busy - server - pg - generator)
+        stall0, disk0 = self._io0
+        stall, disk = io_stall_us(), disk_ops()
+        stalls = [p["io_stall_ms"] for p in self.series if p["io_stall_ms"] is not None]
         processes: list[dict[str, Any]] = []
         for pid in self._server_pids():
             status = status_kib(pid, "VmHWM", "VmRSS")
@@ -323,5 +373,11 @@ class Sampler:
             "peak_worker_rss_mib": max((float(p["vm_hwm_mib"]) for p in workers), default=0.0),
             "worker_cpu_pct": [p["cpu_pct"] for p in workers],
             "peak_server_rss_sum_mib": round(self.peak_server_rss_sum_kib / 1024, 1),
+            "disk_reads_per_s": round((disk[0] - disk0[0]) / wall, 1),
+            "disk_writes_per_s": round((disk[1] - disk0[1]) / wall, 1),
+            # Milliseconds per second in which some process waited for the disk (PSI "some").
+            "io_stall_ms_per_s": (round((stall - stall0) / 1000 / wall, 1)
+                                  if stall is not None and stall0 is not None else None),
+            "io_stall_worst_second_ms": max(stalls, default=None),
             "series": self.series,
         }

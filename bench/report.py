@@ -125,7 +125,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     s = result["summary"]
     wins = s["windows"]
     series = result.get("resources", {}).get("series", [])
-    panels = 3 if series else 2
+    io_series = [p for p in series if p.get("io_stall_ms") is not None]
+    panels = 4 if io_series else 3 if series else 2
     fig, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), sharex=True)
     ax = axes[0]
     t = [w["t"] + 0.5 for w in wins]
@@ -166,6 +167,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right", ncol=5, fontsize=8)
+    if io_series:
+        ax = axes[3]
+        ts = [p["t"] for p in io_series]
+        ax.plot(ts, [p["io_stall_ms"] for p in io_series], label="I/O wait, ms per s (PSI some)")
+        ax.plot(ts, [p["disk_reads_per_s"] for p in io_series], label="disk reads/s")
+        ax.axhline(IO_STALL_MS, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_ylabel("disk")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
     outage = result.get("redis_outage")
     if outage:
         lo, hi = outage["during"]["window_s"]
@@ -273,6 +284,11 @@ def headline(result: dict[str, Any]) -> list[str]:
         if r.get("server_processes"):
             lines.append(f"server peak RSS: worker VmHWM max {r['peak_worker_rss_mib']} MiB, "
                          f"all server processes together {r['peak_server_rss_sum_mib']} MiB")
+        lines += _disk_lines(r, s.get("windows") or [])
+        warmed = result.get("prewarm")
+        if warmed:
+            lines.append(f"page cache prewarmed before the step (--prewarm): "
+                         f"{warmed['blocks'] * 8 / 1024:,.0f} MiB in {warmed['seconds']} s")
     pg = result.get("postgres_stats")
     if pg:
         lines.append(f"postgres: about {pg.get('sessions', 0):,} new connections "
@@ -284,6 +300,37 @@ def headline(result: dict[str, Any]) -> list[str]:
                      f"{sum(problems.values())} warning/error lines")
         for message, count in list(problems.items())[:5]:
             lines.append(f"  {count:>6} x {message[:110]}")
+    return lines
+
+
+#: A second in which processes waited this long for the disk was the disk's, not the server's.
+IO_STALL_MS = 100.0
+
+
+def _io_stall_near(series: list[dict[str, Any]], t: float) -> float | None:
+    """The longest I/O wait in the sample covering the window at ``t`` or the next one: a stall
+    holds up the requests due in it, and those due just before that are still in flight."""
+    near = [p["io_stall_ms"] for p in series
+            if t < p["t"] <= t + 2 and p.get("io_stall_ms") is not None]
+    return max(near, default=None)
+
+
+def _disk_lines(r: dict[str, Any], wins: list[dict[str, Any]]) -> list[str]:
+    if "disk_reads_per_s" not in r:
+        return []  # a result from before these figures were recorded
+    stall, worst = r.get("io_stall_ms_per_s"), r.get("io_stall_worst_second_ms")
+    line = (f"disk: {r['disk_reads_per_s']:,.1f} reads/s, {r['disk_writes_per_s']:,.1f} writes/s"
+            + (f"; processes waited for I/O {stall} ms per s (PSI some), worst second {worst} ms"
+               if stall is not None else "; no pressure stall information on this kernel"))
+    if worst is not None and worst >= IO_STALL_MS:
+        line += "  I/O STALLS: the disk held processes up; see the slowest seconds"
+    lines = [line]
+    timed = [w for w in wins if w.get("p99_ms") is not None]
+    if timed and stall is not None:
+        slowest = sorted(timed, key=lambda w: w["p99_ms"], reverse=True)[:5]
+        lines.append("slowest seconds (p99 ms / longest I/O wait ms then): " + ", ".join(
+            f"t={w['t']:g} {w['p99_ms']:,.1f} / {_fmt(_io_stall_near(r['series'], w['t']))}"
+            for w in slowest))
     return lines
 
 

@@ -121,6 +121,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold-cache", action="store_true",
                    help="FLUSHDB the Redis database of FAVORITES_REDIS_URL before each step, so "
                         "runs start equally cold (destructive: use a database of its own)")
+    p.add_argument("--prewarm", action="store_true",
+                   help="read the bench database's tables and indexes into the operating "
+                        "system's page cache before each step (pg_prewarm), as on a database "
+                        "server sized for its data; without it, on a host that reclaims the "
+                        "page cache, cold reads measure the disk (see bench/README.md)")
     p.add_argument("--redis-outage", type=_floats, default=None, metavar="START,END",
                    help="stop the Redis server of FAVORITES_REDIS_URL (SIGSTOP: it hangs, like "
                         "a frozen host) from START to END seconds into each measured step, then "
@@ -193,6 +198,27 @@ async def database_counters(url: str) -> dict[str, int]:
         return {key: int(value) for key, value in dict(row).items()} if row else {}
     finally:
         await conn.close()
+
+
+async def prewarm(url: str) -> dict[str, Any]:
+    """Read every table and index of the bench database into the OS page cache (pg_prewarm's
+    ``read`` mode: not into shared_buffers, which are far smaller than a 10 M seed)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    started = time.perf_counter()
+    try:
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        except asyncpg.PostgresError as exc:
+            raise SystemExit(f"bench: --prewarm needs the pg_prewarm extension: {exc}") from exc
+        blocks = await conn.fetchval(
+            "SELECT coalesce(sum(pg_prewarm(c.oid, 'read')), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i')")
+    finally:
+        await conn.close()
+    return {"blocks": int(blocks), "seconds": round(time.perf_counter() - started, 2)}
 
 
 def cache_counters(port: int) -> dict[str, float]:
@@ -552,6 +578,10 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
                 if "FAVORITES_REDIS_URL" not in os.environ:
                     raise SystemExit("bench: --cold-cache needs FAVORITES_REDIS_URL")
                 flush_redis(os.environ["FAVORITES_REDIS_URL"])
+            warmed = await prewarm(args.database_url) if args.prewarm and database else None
+            if warmed:
+                print(f"prewarmed the page cache: {warmed['blocks'] * 8 / 1024:,.0f} MiB "
+                      f"in {warmed['seconds']} s")
             label = (f"{load:g} req/s" if args.mode == "open" else f"{int(load)} connections")
             print(f"measuring {args.scenario}, {args.mode} loop, {label}, {duration:g} s ...")
             gc.collect()
@@ -597,6 +627,7 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
                            "connections": int(load) if args.mode == "closed" else None,
                            "max_connections": args.max_connections if args.mode == "open" else None,
                            "duration": duration},
+                "prewarm": warmed,
                 "summary": summary,
                 "resources": resources,
                 "cpu_ms_per_request": {
