@@ -36,7 +36,7 @@ class FavoritesRepository(Protocol):
         and not deleted (the catalog is that table: see ``Catalog.in_store``).
 
         Atomic by itself: as a unit of work's only statement it commits on its own (PostgreSQL
-        runs it as one statement, migration 0003); commit the unit anyway."""
+        runs it as one statement, migration 0005); commit the unit anyway."""
 
     async def remove(self, user_id: UUID, product_id: UUID, audit: AuditEntry,
                      at: datetime) -> bool:

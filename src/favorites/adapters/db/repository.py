@@ -91,6 +91,8 @@ _EXISTING_PRODUCTS = sa.select(products.c.product_id).where(
     products.c.product_id.in_(sa.bindparam("product_ids", expanding=True)),
     products.c.deleted_at.is_(None),
 )
+#: PostgreSQL only: SQLite has no row locks (and needs none, see ``existing``).
+_EXISTING_PRODUCTS_FOR_SHARE = _EXISTING_PRODUCTS.with_for_update(read=True)
 _RECORD_AUDIT = sa.insert(audit_log).values(
     {column: sa.bindparam(column) for column in (
         "occurred_at", "actor_id", "actor_type", "action", "subject_user_id", "product_id",
@@ -174,7 +176,9 @@ class SqlFavoritesRepository(_Repo):
 
     async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
                   require_product: bool = False) -> tuple[AddOutcome, Favorite]:
-        # The steps of favorites_add() (migration 0005), one statement each.
+        # The steps of favorites_add() (migration 0005), one statement each. Served on SQLite
+        # (PostgreSQL runs the function itself, see ``driver``), whose writing unit of work
+        # holds the database's write lock from its start: the product check needs no FOR SHARE.
         if require_product:
             found = await self._conn.execute(
                 _EXISTING_PRODUCTS, {"product_ids": [favorite.product_id]})
@@ -273,8 +277,7 @@ class SqlProductsRepository(_Repo):
                        for_share: bool = False) -> set[UUID]:
         # SQLite has no row locks (and needs none: a writing unit of work holds the database's
         # write lock from its start), so FOR SHARE is PostgreSQL's only.
-        statement = (_EXISTING_PRODUCTS.with_for_update(read=True) if for_share and self._pg
-                     else _EXISTING_PRODUCTS)
+        statement = _EXISTING_PRODUCTS_FOR_SHARE if for_share and self._pg else _EXISTING_PRODUCTS
         result = await self._conn.execute(statement, {"product_ids": list(product_ids)})
         return set(result.scalars().all())
 
