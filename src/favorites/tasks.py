@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 
@@ -13,5 +12,11 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        # The task's own cancellation ends here; the caller's (a shutdown given up on, a
+        # ``wait_for`` that timed out) goes on up.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise

@@ -149,6 +149,27 @@ async def test_require_sync_wakes_the_poll_loop_at_once() -> None:
         await epoch.stop()
 
 
+async def test_stop_ends_the_poll_loop_even_when_it_is_woken_at_that_moment() -> None:
+    """A wake-up and the stop's cancellation in the same turn of the loop: on Python 3.11,
+    ``asyncio.wait_for`` returns the finished wait and drops the cancellation, so the loop polled
+    on and ``stop`` (a worker's shutdown) waited for it forever."""
+    store = SlowStore()
+    store.release.set()
+    epoch = CacheEpoch(store, interval=60)
+    await epoch.start()
+    await asyncio.sleep(0.01)  # the loop is waiting for its next poll
+    poll_loop = epoch._task
+    assert poll_loop is not None
+    epoch.require_sync()
+    stopping = asyncio.create_task(epoch.stop())
+    done, _ = await asyncio.wait([stopping], timeout=5)
+    if not done:  # leave nothing running behind the test
+        poll_loop.cancel()
+        await asyncio.wait([stopping], timeout=5)
+    assert done, "stop() was still waiting for the poll loop after 5 s"
+    assert poll_loop.done()
+
+
 async def test_the_epoch_row_on_postgres_counts_up(pg_engine: AsyncEngine) -> None:
     repository = CacheEpochRepository(pg_engine)
     before = await repository.read()

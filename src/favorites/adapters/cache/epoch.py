@@ -166,8 +166,12 @@ class CacheEpoch:
     async def _run(self) -> None:
         failing = False
         while True:
+            # Not ``asyncio.wait_for``: on Python 3.11, when the wait ends in the same turn of
+            # the loop as a cancellation (``require_sync`` during shutdown), it returns and the
+            # cancellation is lost, so ``stop`` would wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 if self._bump_failed:

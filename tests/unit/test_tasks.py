@@ -1,0 +1,45 @@
+"""``cancel_and_wait``: how every background task of the service is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from favorites.tasks import cancel_and_wait
+
+
+async def test_the_task_is_cancelled_and_has_unwound_when_it_returns() -> None:
+    unwound = asyncio.Event()
+
+    async def loop() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.01)  # gives back what it holds, which takes a turn or two
+            unwound.set()
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)
+    assert task.cancelled()
+    assert unwound.is_set()
+    await cancel_and_wait(None)  # nothing to stop
+
+
+async def test_a_caller_given_up_on_is_cancelled_not_answered() -> None:
+    """A stop bounded by ``wait_for`` must time out while the task is still unwinding, not return
+    as if the task had ended."""
+
+    async def slow_to_unwind() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.5)
+
+    task = asyncio.create_task(slow_to_unwind())
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(cancel_and_wait(task), 0.05)
+    await cancel_and_wait(task)  # stopping a stopped task is a no-op
+    assert task.cancelled()
