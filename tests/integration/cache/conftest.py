@@ -8,7 +8,7 @@ import asyncio
 import os
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -183,14 +183,34 @@ class Instance:
         await self.caches.close()
 
 
-def build_instance(engine: AsyncEngine, caches_factory: Any) -> Instance:
+class TableAsProductService:
+    """A product service whose answers come from the products table: an external catalog (adds
+    ask it first, so its answers are cached) that the tests can fill with ``register``."""
+
+    in_store = False
+
+    def __init__(self, uow: ProbedUnitOfWorkFactory):
+        self._local = LocalCatalog(uow)
+
+    async def existing(self, product_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        return await self._local.existing(product_ids)
+
+    async def forget(self, product_id: uuid.UUID) -> None:
+        """Nothing kept here."""
+
+
+def build_instance(engine: AsyncEngine, caches_factory: Any, *,
+                   product_service: bool = False) -> Instance:
+    """Wired as ``bootstrap`` wires it: the local catalog bare, a product service (here
+    ``TableAsProductService``) behind the existence cache."""
     probe = Probe()
     lookups: Counter[tuple[str, str]] = Counter()
     states: list[str] = []
     caches: Caches = caches_factory(lambda name, result: lookups.update([(name, result)]),
                                     states.append)
     uow = ProbedUnitOfWorkFactory(engine, probe)
-    catalog = caches.wrap_catalog(LocalCatalog(uow))
+    catalog = (caches.wrap_catalog(TableAsProductService(uow)) if product_service
+               else LocalCatalog(uow))
     clock = SystemClock()
     return Instance(
         caches=caches,
@@ -205,17 +225,18 @@ def build_instance(engine: AsyncEngine, caches_factory: Any) -> Instance:
     )
 
 
-def redis_instance(engine: AsyncEngine, client: RedisClient, **options: Any) -> Instance:
+def redis_instance(engine: AsyncEngine, client: RedisClient, *, product_service: bool = False,
+                   **options: Any) -> Instance:
     prefix = options.pop("prefix", f"{RUN_PREFIX}:{uuid.uuid4().hex[:8]}")
     return build_instance(engine, lambda on_lookup, on_state: redis_caches(
         client, engine, prefix=prefix, on_lookup=on_lookup, on_breaker_state=on_state,
-        **options))
+        **options), product_service=product_service)
 
 
-def memory_instance(engine: AsyncEngine) -> Instance:
+def memory_instance(engine: AsyncEngine, *, product_service: bool = False) -> Instance:
     return build_instance(engine, lambda on_lookup, on_state: Caches(
         favorites=InProcessFavoritesCache(on_lookup=on_lookup),
-        products=InProcessProductCache(on_lookup=on_lookup)))
+        products=InProcessProductCache(on_lookup=on_lookup)), product_service=product_service)
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -251,15 +272,16 @@ async def shared_redis() -> AsyncIterator[RedisClient]:
 
 
 async def _instance(kind: str, request: pytest.FixtureRequest, engine: AsyncEngine,
-                    shared: RedisClient) -> Instance:
+                    shared: RedisClient, *, product_service: bool = False) -> Instance:
     if kind == "memory":
-        built = memory_instance(engine)
+        built = memory_instance(engine, product_service=product_service)
     elif kind == "redis":
-        built = redis_instance(engine, shared, owns_client=False, **PATIENT)
+        built = redis_instance(engine, shared, owns_client=False, product_service=product_service,
+                               **PATIENT)
     else:
         cluster: Cluster = request.getfixturevalue("cluster")
         client = build_redis_client(cluster.url, cluster=True, timeout=1.0)
-        built = redis_instance(engine, client, **PATIENT)
+        built = redis_instance(engine, client, product_service=product_service, **PATIENT)
     await built.caches.start()
     return built
 
@@ -269,6 +291,16 @@ async def instance(request: pytest.FixtureRequest, pg_engine: AsyncEngine,
                    shared_redis: RedisClient) -> AsyncIterator[Instance]:
     """One service instance on each cache: in-process, Redis, Redis Cluster."""
     built = await _instance(request.param, request, pg_engine, shared_redis)
+    yield built
+    await built.close()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def with_product_service(request: pytest.FixtureRequest, pg_engine: AsyncEngine,
+                               shared_redis: RedisClient) -> AsyncIterator[Instance]:
+    """As ``instance``, with a product service as the catalog, so existence is cached."""
+    built = await _instance(request.param, request, pg_engine, shared_redis,
+                            product_service=True)
     yield built
     await built.close()
 

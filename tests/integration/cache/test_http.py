@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from favorites.adapters.cache.memory import InProcessFavoritesCache
 from favorites.adapters.cache.null import NullFavoritesCache
+from favorites.adapters.cache.redis_client import RedisClient
 from favorites.adapters.cache.setup import build_caches
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.entrypoints.http.app import create_app
@@ -109,6 +110,25 @@ async def test_a_write_is_read_back_at_once_with_redis_on(client: httpx.AsyncCli
         keys = [key async for key in redis.scan_iter(match=pattern)]
         for key in keys:
             await redis.delete(key)
+
+
+async def test_the_local_catalog_writes_nothing_to_redis(
+    postgres_url: str, tmp_path: Path, shared_redis: RedisClient,
+) -> None:
+    """Adds check the local table in their own statement: registering, favoriting and deleting a
+    product leaves no existence entry (nor a version of one) in Redis."""
+    app = create_app(make_settings(postgres_url, tmp_path, redis_url=SHARED_REDIS_URL))
+    async for client in started(app):
+        product, user_id = await new_product(client), uuid.uuid4()
+        put = await client.put(f"/v1/users/{user_id}/favorites/{product}",
+                               headers=bearer(user_id))
+        assert put.status_code == 201, put.text
+        assert await product_ids(client, user_id) == [str(product)]
+        gone = await client.delete(f"/internal/v1/products/{product}", headers=SERVICE)
+        assert gone.status_code == 202
+        await asyncio.gather(*app.state.container._tasks)
+        assert await product_ids(client, user_id) == []
+    assert [key async for key in shared_redis.scan_iter(match=f"*{{p:{product}}}*")] == []
 
 
 @pytest.mark.parametrize(("database", "workers", "expected"), [

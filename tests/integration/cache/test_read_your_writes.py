@@ -11,10 +11,21 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from favorites.adapters.cache import policy
+from favorites.adapters.cache.redis_client import RedisClient
 from favorites.domain.errors import ProductNotFound
 from favorites.domain.models import Favorite
-from tests.integration.cache.conftest import SERVICE, Instance, new_product, user
+from tests.integration.cache.conftest import (
+    PATIENT,
+    RUN_PREFIX,
+    SERVICE,
+    Instance,
+    new_product,
+    redis_instance,
+    user,
+)
 
 
 async def listed(instance: Instance, user_id: uuid.UUID) -> set[uuid.UUID]:
@@ -125,10 +136,9 @@ async def test_concurrent_misses_of_one_key_load_once(instance: Instance) -> Non
 
 
 async def test_concurrent_existence_misses_of_one_product_look_up_once(
-    instance: Instance,
+    with_product_service: Instance,
 ) -> None:
-    """As for a product service's adds (with the local catalog, adds check the table in their
-    own transaction)."""
+    instance = with_product_service
     product = await new_product(instance)
     probe = instance.probe
     probe.loads.clear()
@@ -160,10 +170,8 @@ async def test_erasure_and_product_deletion_invalidate(instance: Instance) -> No
     for product in (keep, gone):
         await add(instance, user_id, product)
     assert await listed(instance, user_id) == {keep, gone}  # cached
-    assert await instance.catalog.existing([gone]) == {gone}  # cached as existing
 
     await instance.products.delete(SERVICE, gone)
-    assert await instance.catalog.existing([gone]) == set()  # its cached existence was forgotten
     with pytest.raises(ProductNotFound):
         await add(instance, uuid.uuid4(), gone)
     await instance.products.purge_favorites(gone)
@@ -173,6 +181,44 @@ async def test_erasure_and_product_deletion_invalidate(instance: Instance) -> No
     assert await instance.users.erase(SERVICE, user_id) == 1
     assert await listed(instance, user_id) == set()
     assert await instance.favorites.count(user(user_id), user_id) == 0
+
+
+async def test_a_product_service_deletion_forgets_the_cached_existence(
+    with_product_service: Instance,
+) -> None:
+    instance = with_product_service
+    gone = await new_product(instance)
+    await add(instance, uuid.uuid4(), gone)  # asks the product service: cached as existing
+    assert await instance.catalog.existing([gone]) == {gone}
+    assert instance.lookups[policy.PRODUCT_EXISTS, "hit"] == 1
+
+    await instance.products.delete(SERVICE, gone)
+    assert await instance.catalog.existing([gone]) == set()
+    with pytest.raises(ProductNotFound):
+        await add(instance, uuid.uuid4(), gone)
+
+
+@pytest.mark.parametrize("product_service", [False, True])
+async def test_the_local_catalog_keeps_nothing_in_the_existence_cache(
+    pg_engine: AsyncEngine, shared_redis: RedisClient, product_service: bool,
+) -> None:
+    """Adds check the local table in their own statement, so caching its answers would only cost
+    a Redis write per registration and deletion; a product service's answers are cached."""
+    prefix = f"{RUN_PREFIX}:{uuid.uuid4().hex[:8]}"
+    instance = redis_instance(pg_engine, shared_redis, owns_client=False, prefix=prefix,
+                              product_service=product_service, **PATIENT)
+    await instance.caches.start()
+    try:
+        product, user_id = await new_product(instance), uuid.uuid4()
+        await add(instance, user_id, product)
+        await add(instance, user_id, product)  # again: a product service's answer is now cached
+        await instance.products.delete(SERVICE, product)
+        keys = [key async for key in shared_redis.scan_iter(match=f"{prefix}:{{p:*", count=1000)]
+        looked_up = sum(n for (name, _), n in instance.lookups.items()
+                        if name == policy.PRODUCT_EXISTS)
+    finally:
+        await instance.close()
+    assert (bool(keys), looked_up) == ((True, 2) if product_service else (False, 0))
 
 
 async def test_a_cached_page_keeps_the_database_order(instance: Instance) -> None:

@@ -1,4 +1,7 @@
-"""``CachedCatalog``: product existence cached around the local table or the product service.
+"""``CachedCatalog``: product existence cached around the product service.
+
+Only the product service is wrapped: with the local table as the catalog, every add checks the
+table in its own statement (``Catalog.in_store``), so nothing would read a cached answer.
 
 Only "exists" is cached (1 h): that is the answer that matters for adds, and the one that keeps
 adds of known products working while the product service is down. "Unknown" is not cached:
@@ -36,9 +39,6 @@ class ProductExistenceCache(Protocol):
 class CachedCatalog:
     def __init__(self, inner: Catalog, cache: ProductExistenceCache):
         self.inner = inner
-        # Adds check a local table themselves (single and bulk, under a share lock), so only a
-        # product service's answers are read from this cache; for a local table it is kept for
-        # ``forget`` alone.
         self.in_store = inner.in_store
         self._cache = cache
         self._lookups: SingleFlight[tuple[UUID, int], set[UUID]] = SingleFlight()
