@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from favorites.adapters.db.driver import DriverFavoritesRepository
 from favorites.adapters.db.engine import PoolSettings, create_engine
+from favorites.adapters.db.repository import SqlFavoritesRepository
 from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from favorites.domain.models import AddOutcome, AuditAction, AuditEntry, Favorite
@@ -91,19 +93,27 @@ async def test_first_page_is_rendered_exactly_like_the_page_objects(
     uow: SqlUnitOfWorkFactory,
 ) -> None:
     """On PostgreSQL the database renders the first page's JSON: byte for byte what orjson makes
-    of the objects, for times with and without microseconds, before 1970, and ties."""
+    of the objects, for times with and without microseconds (whole seconds, trailing zeros),
+    before 1970, and ties; on the driver and through SQLAlchemy alike."""
     owner = uuid.uuid4()
     ties = sorted(uuid.uuid4() for _ in range(2))
     times = [T0 + timedelta(microseconds=1), T0, T0 - timedelta(microseconds=999_999),
-             datetime(1969, 12, 31, 23, 59, 59, 5, UTC), datetime(2026, 1, 2, 3, 4, 5, 120000, UTC)]
+             datetime(1969, 12, 31, 23, 59, 59, 5, UTC), datetime(1969, 12, 31, 23, 59, 59, 0, UTC),
+             datetime(2026, 1, 2, 3, 4, 5, 120000, UTC), datetime(2026, 1, 2, 3, 4, 6, 100000, UTC),
+             datetime(2026, 1, 2, 3, 4, 7, 10, UTC)]
     await _add(uow, *[Favorite(owner, uuid.uuid4(), at) for at in times],
                *[Favorite(owner, p, T0 + timedelta(days=1)) for p in ties])
     async with uow(readonly=True) as work:
         for limit in (1, 3, 7, 51):
             objects = await work.favorites.page(owner, limit, None)
+            expected = FirstPage.of(owner, objects).payload
             first = await work.favorites.first_page(owner, limit)
-            assert first.payload == FirstPage.of(owner, objects).payload
+            assert first.payload == expected
             assert first.favorites(limit) == objects
+            if isinstance(work.favorites, DriverFavoritesRepository):  # PostgreSQL
+                through_sqlalchemy = await SqlFavoritesRepository.first_page(
+                    work.favorites, owner, limit)
+                assert through_sqlalchemy.payload == expected
         empty = await work.favorites.first_page(uuid.uuid4(), 51)
     assert len(empty) == 0
     assert empty.rendered(51) == b""

@@ -44,6 +44,7 @@ from favorites.adapters.db.repository import (
     SqlProductsRepository,
     SqlRevokedTokenRepository,
     advisory_key,
+    first_page_from_database,
 )
 from favorites.domain.models import AddOutcome, AuditEntry, Favorite
 from favorites.domain.pages import FirstPage
@@ -306,8 +307,8 @@ class DriverFavoritesRepository(SqlFavoritesRepository):
         return [Favorite(user_id, row[0], row[1]) for row in rows]
 
     async def first_page(self, user_id: UUID, limit: int) -> FirstPage:
-        rendered: str | None = await self._db.fetchval(FIRST_PAGE_JSON, user_id, limit)
-        return FirstPage.rendered_as(user_id, rendered.encode() if rendered else b"")
+        return first_page_from_database(
+            user_id, await self._db.fetchval(FIRST_PAGE_JSON, user_id, limit))
 
     async def count_for_user(self, user_id: UUID) -> int:
         return int(await self._db.fetchval(COUNT_FOR_USER, user_id))
