@@ -11,12 +11,15 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     connection, a half-sent batch) outlives the object that stops it. ``None`` is a no-op."""
     if task is None:
         return
+    current = asyncio.current_task()
+    # Counted before: a caller already cancelled (cleaning up in a ``finally``) must still be
+    # able to stop every task it owns; only a cancellation of this wait goes on up.
+    cancelled_before = current.cancelling() if current is not None else 0
     task.cancel()
     try:
         await task
     except asyncio.CancelledError:
         # The task's own cancellation ends here; the caller's (a shutdown given up on, a
         # ``wait_for`` that timed out) goes on up.
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
+        if current is not None and current.cancelling() > cancelled_before:
             raise

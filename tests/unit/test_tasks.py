@@ -43,3 +43,26 @@ async def test_a_caller_given_up_on_is_cancelled_not_answered() -> None:
         await asyncio.wait_for(cancel_and_wait(task), 0.05)
     await cancel_and_wait(task)  # stopping a stopped task is a no-op
     assert task.cancelled()
+
+
+async def test_a_caller_already_cancelled_still_stops_every_task() -> None:
+    """Cleanup in a ``finally`` after the caller's own cancellation (a lifespan cancelled) must
+    stop each task, not give up at the first."""
+    tasks = [asyncio.create_task(asyncio.sleep(60)) for _ in range(2)]
+    stopped: list[int] = []
+
+    async def owner() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            for i, task in enumerate(tasks):
+                await cancel_and_wait(task)
+                stopped.append(i)
+
+    running = asyncio.create_task(owner())
+    await asyncio.sleep(0)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert stopped == [0, 1]
+    assert all(task.cancelled() for task in tasks)
