@@ -219,14 +219,11 @@ def build(settings: Settings, defaults: embedded.EmbeddedDefaults | None = None)
             inject_headers=inject_headers,  # W3C traceparent on every product-service call
         )
         _product_service_state(BreakerState.CLOSED, BreakerState.CLOSED)
-        # Existence cached ("exists" only): with the product service down, adds of products
-        # it remembers keep working.
-        catalog = caches.wrap_catalog(http_catalog)
     else:
-        # Not cached: every add checks the local table in its own statement, under a share
-        # lock, so a cached answer would never be read, and each registration and deletion
-        # would still pay a cache write to forget it.
         catalog = LocalCatalog(uow.on_primary())  # a product registered just now must exist
+    # A product service's answers cached ("exists" only): with it down, adds of products it
+    # remembers keep working. The local table is not cached (see ``wrap_catalog``).
+    catalog = caches.wrap_catalog(catalog)
     jwt_codec = build_jwt(settings, defaults)
     root = root_secret(settings, defaults)
     # On the primary: a lagging replica would fail open. Kept while the codec's leeway still

@@ -209,8 +209,8 @@ def build_instance(engine: AsyncEngine, caches_factory: Any, *,
     caches: Caches = caches_factory(lambda name, result: lookups.update([(name, result)]),
                                     states.append)
     uow = ProbedUnitOfWorkFactory(engine, probe)
-    catalog = (caches.wrap_catalog(TableAsProductService(uow)) if product_service
-               else LocalCatalog(uow))
+    catalog = caches.wrap_catalog(TableAsProductService(uow) if product_service
+                                  else LocalCatalog(uow))
     clock = SystemClock()
     return Instance(
         caches=caches,

@@ -1,16 +1,16 @@
 """``CachedCatalog``: product existence cached around the product service.
 
-Only the product service is wrapped: with the local table as the catalog, every add checks the
-table in its own statement (``Catalog.in_store``), so nothing would read a cached answer.
+Only the product service is wrapped (``Caches.wrap_catalog``): with the local table as the
+catalog, every add checks the table in its own statement (``Catalog.in_store``), so nothing would
+read a cached answer.
 
 Only "exists" is cached (1 h): that is the answer that matters for adds, and the one that keeps
 adds of known products working while the product service is down. "Unknown" is not cached:
 
-- a product can start to exist without us being told (the bulk import writes the table directly,
-  the product service creates products on its own), so a cached "unknown" would refuse adds of a
-  real product for as long as it lived;
+- a product can start to exist without us being told (the product service creates products on
+  its own), so a cached "unknown" would refuse adds of a real product for as long as it lived;
 - unknown ids are rare in real traffic (clients favorite products they display), and a client
-  that sends many is bounded by the per-user rate limit; each costs one primary-key lookup.
+  that sends many is bounded by the per-user rate limit; each costs one lookup.
 
 A deletion calls ``forget`` (a version bump: a lookup that overlapped the deletion is never
 stored); concurrent misses of one product share one lookup (``SingleFlight``).

@@ -52,7 +52,12 @@ class Caches:
         return "none" if isinstance(self.favorites, NullFavoritesCache) else "in-process"
 
     def wrap_catalog(self, catalog: Catalog) -> Catalog:
-        return catalog if self.products is None else CachedCatalog(catalog, self.products)
+        """A product service behind the existence cache; a catalog in the favorites' own store
+        as it is: adds check that table in their own statement, so a cached answer would never
+        be read, and each registration and deletion would still pay a cache write."""
+        if self.products is None or catalog.in_store:
+            return catalog
+        return CachedCatalog(catalog, self.products)
 
     async def start(self) -> None:
         if self.gate is not None:
