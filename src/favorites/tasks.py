@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+log = logging.getLogger("favorites.tasks")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -23,3 +26,7 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         # ``wait_for`` that timed out) goes on up.
         if current is not None and current.cancelling() > cancelled_before:
             raise
+    except Exception:
+        # It had died already (these loops catch their own errors, so a bug): logged here, and
+        # the rest of the shutdown still closes what it must.
+        log.exception("background task %s had failed", task.get_name())

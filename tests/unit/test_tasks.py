@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -66,3 +67,19 @@ async def test_a_caller_already_cancelled_still_stops_every_task() -> None:
         await running
     assert stopped == [0, 1]
     assert all(task.cancelled() for task in tasks)
+
+
+async def test_a_task_that_had_failed_is_logged_and_the_stop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken() -> None:
+        raise RuntimeError("bug in a poll loop")
+
+    task = asyncio.create_task(broken(), name="epoch-sync")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR, logger="favorites.tasks"):
+        await cancel_and_wait(task)  # does not raise: the caller's other closes still run
+    [record] = caplog.records
+    assert record.getMessage() == "background task epoch-sync had failed"
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
