@@ -275,5 +275,3 @@ async def test_an_unreachable_redis_has_no_identity_rather_than_an_error(
         assert await server_identity(client) is None  # refused
     finally:
         await client.aclose()
-
-
