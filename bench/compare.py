@@ -17,7 +17,10 @@ spread of the per-round figures says how far to trust their median.
 slice (nearly every list of 200,000 users then misses: the worst case, right after a flush);
 ``steady`` empties it once, sends the mixed traffic unmeasured for ``--steady-warmup`` seconds so
 the cache holds what this traffic keeps in it, and never empties it again (the state of a service
-that has been up for a while). The hit ratio of every slice is reported beside its throughput.
+that has been up for a while). The page TTL is 5 minutes, so the hello and cached-list slices
+between two mixed slices would let entries expire that continuous mixed traffic renews: in steady
+mode every mixed slice after the first follows ``--steady-topup`` seconds of unmeasured mixed
+traffic. The hit ratio of every slice is reported beside its throughput.
 
 Writes ``<stamp>-compare-<mixed-cache>.json`` and ``.md`` under ``--results-dir``.
 """
@@ -70,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
                         "--steady-warmup s of unmeasured mixed traffic")
     p.add_argument("--steady-warmup", type=float, default=240.0,
                    help="steady: seconds of mixed traffic before the first round (240)")
+    p.add_argument("--steady-topup", type=float, default=60.0,
+                   help="steady: seconds of unmeasured mixed traffic before every mixed slice "
+                        "after the first (60)")
     p.add_argument("--warmup", type=float, default=3.0,
                    help="unmeasured seconds of each scenario before the first round (3)")
     p.add_argument("--hot-users", type=int, default=100,
@@ -228,6 +234,11 @@ async def compare(args: argparse.Namespace, hello: run.Server, service: run.Serv
             server, workload, db = workloads[name]
             if name == "mixed" and args.mixed_cache == "cold":
                 run.flush_redis(redis_url or "")
+            elif name == "mixed" and i > 0:
+                # The hello and cached-list slices since the last mixed slice let entries
+                # expire that continuous mixed traffic would have renewed.
+                await measure(server, workload, args.connections, args.steady_topup,
+                              args.timeout, None)
             current[name] = await measure(server, workload, args.connections, args.slice,
                                           args.timeout, db)
         h, li, m = current["hello"], current["list-cached"], current["mixed"]
@@ -280,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"rounds": args.rounds, "slice_s": args.slice,
                    "connections": args.connections, "mixed_cache": args.mixed_cache,
                    "steady_warmup_s": args.steady_warmup if args.mixed_cache == "steady"
-                   else None, "hot_users": args.hot_users, "workers": args.workers,
+                   else None,
+                   "steady_topup_s": args.steady_topup if args.mixed_cache == "steady" else None,
+                   "hot_users": args.hot_users, "workers": args.workers,
                    "random_seed": args.random_seed},
     }
     import uvloop
