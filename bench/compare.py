@@ -15,9 +15,10 @@ spread of the per-round figures says how far to trust their median.
 
 ``--mixed-cache cold`` empties the Redis database of ``FAVORITES_REDIS_URL`` before every mixed
 slice (nearly every list of 200,000 users then misses: the worst case, right after a flush);
-``steady`` empties it once, sends the mixed traffic unmeasured for ``--steady-warmup`` seconds so
-the cache holds what this traffic keeps in it, and never empties it again (the state of a service
-that has been up for a while). The page TTL is 5 minutes, so the hello and cached-list slices
+``steady`` empties it once, sends the mixed traffic unmeasured for ``--steady-warmup`` seconds
+(600: a page lives 300 s ± 10 % from its load, and until the first ones expire the hit ratio is
+higher than the traffic can keep) so the cache holds what this traffic keeps in it, and never
+empties it again (the state of a service that has been up for a while). The hello and cached-list slices
 between two mixed slices would let entries expire that continuous mixed traffic renews: in steady
 mode every mixed slice after the first follows ``--steady-topup`` seconds of unmeasured mixed
 traffic. The hit ratio of every slice is reported beside its throughput.
@@ -71,8 +72,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-cache", choices=("cold", "steady"), default="cold",
                    help="cold: empty Redis before every mixed slice; steady: once, then "
                         "--steady-warmup s of unmeasured mixed traffic")
-    p.add_argument("--steady-warmup", type=float, default=240.0,
-                   help="steady: seconds of mixed traffic before the first round (240)")
+    p.add_argument("--steady-warmup", type=float, default=600.0,
+                   help="steady: seconds of mixed traffic before the first round (600: two "
+                        "lives of a cached page, so that some have expired and been reloaded)")
     p.add_argument("--steady-topup", type=float, default=60.0,
                    help="steady: seconds of unmeasured mixed traffic before every mixed slice "
                         "after the first (60)")
@@ -108,9 +110,11 @@ async def measure(server: run.Server, workload: Workload, connections: int, seco
         cache0 = run.cache_counters(server.port) if database else {}
         sampler = Sampler(server.proc.pid if server.proc else None, database)
         sampler.start()
-        recorder = await closed_loop(pool, workload, connections, seconds)
-        resources = await sampler.stop()
-        gc.unfreeze()
+        try:
+            recorder = await closed_loop(pool, workload, connections, seconds)
+        finally:
+            resources = await sampler.stop()
+            gc.unfreeze()
         cache1 = run.cache_counters(server.port) if database else {}
     finally:
         await pool.close()
@@ -275,6 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     hello_port = hello.port
     service = run.Server("mixed", args.workers,
                          run.free_port(hello_port + 1), args.database_url)
+    try:
+        return _run(args, command, shape, machine, hello, service)
+    finally:
+        try:
+            hello.cleanup()
+        finally:
+            service.cleanup()
+
+
+def _run(args: argparse.Namespace, command: str, shape: Any, machine: dict[str, Any],
+         hello: run.Server, service: run.Server) -> int:
     budget = argparse.Namespace(database_url=args.database_url, pg_headroom=args.pg_headroom,
                                 workers=args.workers)
     database_pool = run.pool_budget(budget, service)
@@ -298,16 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     import uvloop
 
-    try:
-        print(f"starting bench.hello on {run.HOST}:{hello.port} and favorites on "
-              f"{run.HOST}:{service.port}, {args.workers} workers each")
-        hello.start()
-        service.start()
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(compare(args, hello, service, shape, context))
-    finally:
-        hello.cleanup()
-        service.cleanup()
+    print(f"starting bench.hello on {run.HOST}:{hello.port} and favorites on "
+          f"{run.HOST}:{service.port}, {args.workers} workers each")
+    hello.start()
+    service.start()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(compare(args, hello, service, shape, context))
+    hello.stop()
+    service.stop()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{started_at.strftime('%Y%m%dT%H%M%SZ')}-compare-{args.mixed_cache}"
     json_path = args.results_dir / f"{stem}.json"

@@ -1,9 +1,15 @@
-"""The side-by-side comparison's arithmetic: per-round ratios, medians and target verdicts."""
+"""The side-by-side comparison: per-round ratios, medians, target verdicts, and the order of
+slices, flushes and warm-ups in each cache mode."""
 
 from __future__ import annotations
 
+import argparse
+from types import SimpleNamespace
 from typing import Any
 
+import bench.compare as compare_module
+import pytest
+from bench.common import SeedShape
 from bench.compare import summarize_rounds, table
 
 
@@ -48,3 +54,59 @@ def test_a_median_below_the_targets_is_reported_as_not_met() -> None:
     assert any("median **35.0 %**" in line and "not met, 1 of 3 rounds" in line for line in lines)
     assert any("median **2,000 req/s**" in line and "not met, 1 of 3 rounds" in line
                for line in lines)
+
+
+class _Slices:
+    """Stands in for the measuring and flushing, recording what ``compare`` asks for in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, float, bool]] = []
+        monkeypatch.setattr(compare_module, "measure", self.measure)
+        monkeypatch.setattr(compare_module.run, "flush_redis", self.flush)
+
+    async def measure(self, server: Any, workload: Any, connections: int, seconds: float,
+                      request_timeout: float, database: str | None) -> dict[str, Any]:
+        self.calls.append((workload.name, seconds, database is not None))
+        return _slice(1000.0, 0.5)
+
+    def flush(self, url: str) -> None:
+        self.calls.append(("flush", 0.0, False))
+
+
+def _args(mode: str) -> argparse.Namespace:
+    return argparse.Namespace(
+        rounds=2, slice=10.0, connections=4, mixed_cache=mode, steady_warmup=600.0,
+        steady_topup=60.0, warmup=3.0, hot_users=2, timeout=5.0, random_seed=1,
+        database_url="postgresql://postgres@127.0.0.1:5432/favorites_bench")
+
+
+async def test_cold_empties_redis_before_every_mixed_slice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slices = _Slices(monkeypatch)
+    server = SimpleNamespace(port=18000)
+
+    result = await compare_module.compare(_args("cold"), server, server,  # type: ignore[arg-type]
+                                          SeedShape(5, 3, 20), {})
+
+    warm_ups = [("hello", 3.0, False), ("list-cached", 3.0, False), ("mixed", 3.0, False)]
+    one_round = [("hello", 10.0, False), ("list-cached", 10.0, True), ("flush", 0.0, False),
+                 ("mixed", 10.0, True)]
+    assert slices.calls == warm_ups + one_round + one_round
+    assert len(result["rounds"]) == 2
+
+
+async def test_steady_warms_up_once_and_renews_the_cache_before_each_later_mixed_slice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slices = _Slices(monkeypatch)
+    server = SimpleNamespace(port=18000)
+
+    result = await compare_module.compare(_args("steady"), server, server,  # type: ignore[arg-type]
+                                          SeedShape(5, 3, 20), {})
+
+    warm_ups = [("hello", 3.0, False), ("list-cached", 3.0, False), ("mixed", 3.0, False),
+                ("flush", 0.0, False), ("mixed", 600.0, True)]
+    first = [("hello", 10.0, False), ("list-cached", 10.0, True), ("mixed", 10.0, True)]
+    later = [("hello", 10.0, False), ("list-cached", 10.0, True), ("mixed", 60.0, False),
+             ("mixed", 10.0, True)]
+    assert slices.calls == warm_ups + first + later
+    assert result["steady_warmup_result"]["rate"] == 1000.0
