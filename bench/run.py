@@ -426,8 +426,10 @@ class Server:
                 handle.seek(start)
                 for raw in handle:
                     line = raw.decode("utf-8", "replace").rstrip()
+                    # The service's own lines say "WARN" (the seed's level names); other
+                    # libraries' lines, "WARNING".
                     if not any(mark in line for mark in (
-                            '"level":"WARNING"', '"level":"ERROR"', '"level":"CRITICAL"',
+                            '"level":"WARN', '"level":"ERROR"', '"level":"CRITICAL"',
                             "Traceback", "ERROR:", "WARNING:")):
                         continue
                     try:
