@@ -88,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
                    default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
                    help="bench database, already seeded (python -m bench.seed)")
     p.add_argument("--results-dir", type=Path, default=run.RESULTS)
-    p.add_argument("--random-seed", type=int, default=1)
+    p.add_argument("--random-seed", type=int, default=None,
+                   help="seed of the traffic generator (default: a new one each run; see "
+                        "bench.run --help)")
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds")
     p.add_argument("--pg-headroom", type=int, default=60,
                    help="PostgreSQL connections the service's pools must leave to others (60)")
@@ -126,6 +128,8 @@ async def measure(server: run.Server, workload: Workload, connections: int, seco
         "requests": summary["requests"],
         "errors": summary["errors"],
         "errors_by_kind": summary["errors_by_kind"],
+        "statuses": summary["statuses"],
+        "repeated_adds": report.repeated_adds(summary["statuses"]),
         "p50_ms": summary["latency"].get("p50_ms"),
         "p99_ms": summary["latency"].get("p99_ms"),
         "page_hit_ratio": hits["hit_ratio"] if hits else None,
@@ -198,6 +202,11 @@ def table(result: dict[str, Any]) -> list[str]:
         f"rounds)",
         f"- errors: {s['errors']}",
     ]
+    repeated = [r["mixed"].get("repeated_adds") for r in result["rounds"]]
+    if any(x is not None and x > report.REPEATED_ADDS for x in repeated):
+        lines.append("- REPEATED WRITES: adds found their favorite already there in "
+                     + ", ".join(f"{100 * x:.0f} %" for x in repeated if x is not None)
+                     + " of the mixed slices' adds: cheaper writes than new traffic's")
     return lines
 
 
@@ -257,6 +266,8 @@ async def compare(args: argparse.Namespace, hello: run.Server, service: run.Serv
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     check_bench_database(args.database_url)
+    if args.random_seed is None:
+        args.random_seed = run.fresh_seed()
     if args.rounds < 1 or args.slice <= 0 or args.connections < 1:
         raise SystemExit("bench.compare: --rounds, --slice and --connections must be positive")
     if "FAVORITES_REDIS_URL" not in os.environ:

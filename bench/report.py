@@ -289,6 +289,12 @@ def headline(result: dict[str, Any]) -> list[str]:
         if warmed:
             lines.append(f"page cache prewarmed before the step (--prewarm): "
                          f"{warmed['blocks'] * 8 / 1024:,.0f} MiB in {warmed['seconds']} s")
+    repeated = repeated_adds(s.get("statuses", {}))
+    if repeated is not None and repeated > REPEATED_ADDS:
+        lines.append(f"REPEATED WRITES: {100 * repeated:.0f} % of adds found their favorite "
+                     "already there (200): this traffic was sent before, and its writes cost less "
+                     "than new ones (no insert, no invalidation); use a new --random-seed or "
+                     "--reseed")
     pg = result.get("postgres_stats")
     if pg:
         lines.append(f"postgres: about {pg.get('sessions', 0):,} new connections "
@@ -301,6 +307,18 @@ def headline(result: dict[str, Any]) -> list[str]:
         for message, count in list(problems.items())[:5]:
             lines.append(f"  {count:>6} x {message[:110]}")
     return lines
+
+
+#: Above this share of adds answered 200 (already a favorite), a run repeated an earlier one's
+#: writes: the mixed traffic adds products users almost never hold, so a new run answers 201.
+REPEATED_ADDS = 0.05
+
+
+def repeated_adds(statuses: dict[str, int]) -> float | None:
+    """The share of adds that found their favorite already there; None without adds."""
+    done = statuses.get("add 200", 0)
+    total = done + statuses.get("add 201", 0)
+    return done / total if total else None
 
 
 #: A second in which processes waited this long for the disk was the disk's, not the server's.

@@ -111,7 +111,10 @@ def parser() -> argparse.ArgumentParser:
                    help="where result JSON/PNG and latest.md go (default bench/results)")
     p.add_argument("--max-requests", type=int, default=10_000_000,
                    help="closed loop: stop after this many requests even before --duration")
-    p.add_argument("--random-seed", type=int, default=1, help="seed of the traffic generator")
+    p.add_argument("--random-seed", type=int, default=None,
+                   help="seed of the traffic generator (default: a new one each run, printed and "
+                        "recorded; the same seed sends the same requests, and a run that repeats "
+                        "an earlier run's adds finds them done: cheaper writes)")
     p.add_argument("--pg-headroom", type=int, default=60,
                    help="PostgreSQL connections the server's pools must leave to other clients "
                         "(default 60; see FAVORITES_DATABASE_POOL_MAX in bench/README.md)")
@@ -705,6 +708,15 @@ async def redis_outage(pid: int, start: float, end: float) -> None:
     print(f"  Redis resumed at {end:g} s")
 
 
+def fresh_seed() -> int:
+    """A traffic seed no earlier run is likely to have used: a run that repeats another's adds
+    finds them already done (200, nothing inserted, nothing invalidated) and measures cheaper
+    writes than real traffic has."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    print(f"traffic seed: {seed} (--random-seed {seed} sends the same requests again)")
+    return seed
+
+
 def _rel(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(ROOT))
@@ -715,6 +727,8 @@ def _rel(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     check_bench_database(args.database_url)
+    if args.random_seed is None:
+        args.random_seed = fresh_seed()
     if args.workers < 1 or args.max_connections < 1 or min(args.connections) < 1:
         raise SystemExit("bench: --workers, --connections and --max-connections must be >= 1")
     if min(args.rate) <= 0 or min(args.duration) <= 0:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.run import Server
+import pytest
+from bench.report import repeated_adds
+from bench.run import Server, fresh_seed
 
 
 def test_the_services_warn_lines_are_counted_as_problems() -> None:
@@ -21,3 +23,16 @@ def test_the_services_warn_lines_are_counted_as_problems() -> None:
 
     assert counts == {"WARN circuit redis opened": 2, "WARNING from a library": 1,
                       "ERROR unhandled error": 1}
+
+
+def test_a_run_that_repeats_earlier_adds_is_flagged() -> None:
+    assert repeated_adds({"add 200": 5989, "list 200": 48082}) == 1.0
+    assert repeated_adds({"add 200": 3, "add 201": 6550}) == pytest.approx(0.000458, abs=1e-6)
+    assert repeated_adds({"list 200": 10}) is None
+
+
+def test_each_run_gets_a_traffic_seed_of_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    seeds = {fresh_seed() for _ in range(5)}
+
+    assert len(seeds) == 5
+    assert "--random-seed" in capsys.readouterr().out
