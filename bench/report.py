@@ -193,19 +193,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _relative_paths(value: Any) -> Any:
+def relative_paths(value: Any) -> Any:
     """Results are committed: paths are written relative to the repository, not this machine."""
     if isinstance(value, str):
         return value.replace(f"{REPO}/", "").replace(str(REPO), ".")
     if isinstance(value, dict):
-        return {k: _relative_paths(v) for k, v in value.items()}
+        return {k: relative_paths(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_relative_paths(v) for v in value]
+        return [relative_paths(v) for v in value]
     return value
 
 
 def write(result: dict[str, Any], results_dir: Path, stem: str) -> tuple[Path, Path]:
-    result = _relative_paths(result)
+    result = relative_paths(result)
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / f"{stem}.json"
     png_path = results_dir / f"{stem}.png"

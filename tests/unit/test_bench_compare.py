@@ -80,33 +80,25 @@ def _args(mode: str) -> argparse.Namespace:
         database_url="postgresql://postgres@127.0.0.1:5432/favorites_bench")
 
 
-async def test_cold_empties_redis_before_every_mixed_slice(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+_WARM_UPS = [("hello", 3.0, False), ("list-cached", 3.0, False), ("mixed", 3.0, False)]
+_HELLO_AND_LIST = [("hello", 10.0, False), ("list-cached", 10.0, True)]
+#: cold: Redis emptied before every mixed slice.
+_COLD = _WARM_UPS + 2 * [*_HELLO_AND_LIST, ("flush", 0.0, False), ("mixed", 10.0, True)]
+#: steady: emptied once, 600 s of mixed traffic, then 60 s before each later mixed slice.
+_STEADY = [*_WARM_UPS, ("flush", 0.0, False), ("mixed", 600.0, True),
+           *_HELLO_AND_LIST, ("mixed", 10.0, True),
+           *_HELLO_AND_LIST, ("mixed", 60.0, False), ("mixed", 10.0, True)]
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("cold", _COLD), ("steady", _STEADY)])
+async def test_each_mode_sends_its_slices_flushes_and_warm_ups_in_order(
+        monkeypatch: pytest.MonkeyPatch, mode: str, expected: list[tuple[str, float, bool]]
+) -> None:
     slices = _Slices(monkeypatch)
     server = SimpleNamespace(port=18000)
 
-    result = await compare_module.compare(_args("cold"), server, server,  # type: ignore[arg-type]
+    result = await compare_module.compare(_args(mode), server, server,  # type: ignore[arg-type]
                                           SeedShape(5, 3, 20), {})
 
-    warm_ups = [("hello", 3.0, False), ("list-cached", 3.0, False), ("mixed", 3.0, False)]
-    one_round = [("hello", 10.0, False), ("list-cached", 10.0, True), ("flush", 0.0, False),
-                 ("mixed", 10.0, True)]
-    assert slices.calls == warm_ups + one_round + one_round
+    assert slices.calls == expected
     assert len(result["rounds"]) == 2
-
-
-async def test_steady_warms_up_once_and_renews_the_cache_before_each_later_mixed_slice(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    slices = _Slices(monkeypatch)
-    server = SimpleNamespace(port=18000)
-
-    result = await compare_module.compare(_args("steady"), server, server,  # type: ignore[arg-type]
-                                          SeedShape(5, 3, 20), {})
-
-    warm_ups = [("hello", 3.0, False), ("list-cached", 3.0, False), ("mixed", 3.0, False),
-                ("flush", 0.0, False), ("mixed", 600.0, True)]
-    first = [("hello", 10.0, False), ("list-cached", 10.0, True), ("mixed", 10.0, True)]
-    later = [("hello", 10.0, False), ("list-cached", 10.0, True), ("mixed", 60.0, False),
-             ("mixed", 10.0, True)]
-    assert slices.calls == warm_ups + first + later
-    assert result["steady_warmup_result"]["rate"] == 1000.0

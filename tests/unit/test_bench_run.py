@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from bench.report import repeated_adds
+from bench.report import REPO, relative_paths, repeated_adds
 from bench.run import Server, fresh_seed
 
 
@@ -36,3 +36,12 @@ def test_each_run_gets_a_traffic_seed_of_its_own(capsys: pytest.CaptureFixture[s
 
     assert len(seeds) == 5
     assert "--random-seed" in capsys.readouterr().out
+
+
+def test_committed_results_name_paths_relative_to_the_repository() -> None:
+    result = {"git": {"code": f"{REPO}/src"}, "servers": [f"{REPO}/.venv/bin/favorites serve"],
+              "root": str(REPO), "rate": 1000.0}
+
+    assert relative_paths(result) == {"git": {"code": "src"},
+                                      "servers": [".venv/bin/favorites serve"], "root": ".",
+                                      "rate": 1000.0}
