@@ -105,3 +105,30 @@ def test_the_header_names_the_key_but_pyjwt_still_checks_everything() -> None:
                           (unknown_kid, "unknown signing key"), (forged, "token rejected")):
         with pytest.raises(InvalidToken, match=reason):
             c.verify(token)
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("roles", [_DROP, None, [], "user", ["user", "root"], [["user"]],
+                                   [{"role": "user"}], [1]],
+                         ids=["missing", "null", "empty", "a string", "unknown role",
+                              "nested list", "object", "number"])
+def test_a_token_must_name_its_roles(roles: object) -> None:
+    """SPEC §4: ``roles`` is one of the access token's claims. A token signed with the right key
+    that names no known role is refused (401), not taken for a plain user's; and no shape of the
+    claim (an object inside the list) gets past as an error other than 401."""
+    c = codec()
+    user = uuid.uuid4()
+    kid = unverified_header(c.mint(user, ("user",))[0])["kid"]
+    now = int(time.time())
+    claims = {"iss": "favorites-service", "aud": "favorites", "sub": str(user),
+              "iat": now, "exp": now + 60, "jti": uuid.uuid4().hex, "typ": "access"}
+    if roles is not _DROP:
+        claims["roles"] = roles
+    token = jwt.encode(claims, SECRET, algorithm="HS256", headers={"kid": kid})
+    with pytest.raises(InvalidToken, match="roles not accepted"):
+        c.verify(token)
+    claims["roles"] = ["user"]
+    assert c.verify(jwt.encode(claims, SECRET, algorithm="HS256",
+                               headers={"kid": kid})).user_id == user

@@ -189,8 +189,10 @@ class JwtCodec:
         claims = self._hs256.verify(token) if self._hs256 is not None else self._decode(token)
         if claims.get("typ") != "access":
             raise InvalidToken("not an access token")
-        roles = claims.get("roles", [])
-        if not isinstance(roles, list) or not set(roles) <= _ROLES:
+        roles = claims.get("roles")
+        # Required and never empty: a token that names no role is not a user's by default.
+        if not (isinstance(roles, list) and roles
+                and all(isinstance(role, str) and role in _ROLES for role in roles)):
             raise InvalidToken("token roles not accepted")
         try:
             user_id = UUID(claims["sub"])
