@@ -56,6 +56,13 @@ async def test_admin_reads_but_never_writes(client: httpx.AsyncClient) -> None:
         response = await client.request(method, f"/v1/users/{owner}/favorites/{product}",
                                         headers=admin_headers)
         assert_problem(response, 403, "forbidden")
+        # Not even its own list: "never write" (SPEC §4) holds for the admin's own id and `me`.
+        for target in (admin, "me"):
+            own = await client.request(method, f"/v1/users/{target}/favorites/{product}",
+                                       headers=admin_headers)
+            assert "read-only" in assert_problem(own, 403, "forbidden")["detail"]
+    assert (await client.get("/v1/users/me/favorites/count",
+                             headers=bearer(admin))).json() == {"count": 0}
 
 
 async def test_unknown_route_is_404_and_wrong_method_is_405(client: httpx.AsyncClient) -> None:

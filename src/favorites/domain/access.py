@@ -28,8 +28,12 @@ def ensure_can_read(principal: Principal, user_id: UUID) -> bool:
 
 
 def ensure_can_write(principal: Principal, user_id: UUID) -> None:
-    """Only the owner writes; the admin role grants reads, never writes."""
+    """Only the owner writes, with a user token. An admin token never writes, its own list
+    included: it is a support tool whose every use must be a read, and roles are exclusive
+    (a person who shops too has a user token for that)."""
     if principal.kind is PrincipalKind.USER and principal.user_id == user_id:
+        if principal.is_admin:
+            raise Forbidden("an admin token is read-only; change favorites with a user token")
         return
     raise Forbidden("only the owner may change these favorites")
 

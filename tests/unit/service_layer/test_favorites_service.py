@@ -75,6 +75,14 @@ async def test_only_the_owner_writes_admin_included(
         await service.add(user(other, "admin"), owner, product)
     with pytest.raises(Forbidden):
         await service.remove(user(other, "admin"), owner, product)
+    # SPEC §4: admin may read anyone's, never write, its own list included.
+    with pytest.raises(Forbidden, match="read-only"):
+        await service.add(user(other, "admin"), other, product)
+    with pytest.raises(Forbidden, match="read-only"):
+        await service.remove(user(other, "admin"), other, product)
+    with pytest.raises(Forbidden, match="read-only"):
+        await service.bulk(user(other, "admin"), other, [product], [], "r-admin")
+    assert await service.count(user(other), other) == 0
 
 
 async def test_admin_reads_are_audited_owner_reads_are_not(
