@@ -67,6 +67,14 @@ async def test_admin_reads_but_never_writes(client: httpx.AsyncClient) -> None:
 
 async def test_unknown_route_is_404_and_wrong_method_is_405(client: httpx.AsyncClient) -> None:
     assert_problem(await client.get("/v1/nothing-here"), 404, "not-found")
+    # A trailing slash is an unknown path too: never a redirect to the Host the client sent.
+    owner = uuid.uuid4()
+    for method, path in (("GET", "/v1/users/me/favorites/count/"), ("GET", "/health/live/"),
+                         ("PUT", f"/v1/users/me/favorites/{uuid.uuid4()}/")):
+        slashed = await client.request(method, path, headers={**bearer(owner),
+                                                              "Host": "evil.example"})
+        assert_problem(slashed, 404, "not-found")
+        assert "location" not in slashed.headers
     owner = uuid.uuid4()
     response = await client.post(f"/v1/users/{owner}/favorites/{uuid.uuid4()}",
                                  headers=bearer(owner))

@@ -165,6 +165,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         responses=PROBLEM_RESPONSES,
+        # A trailing slash is a 404 like any other unknown path, not a 307 whose absolute
+        # Location Starlette builds from the client's own Host header (reflected, always http).
+        redirect_slashes=False,
         # Our own middleware traces, counts and logs every request (observability/); FastAPI's
         # native telemetry would add a second span per request once a tracer provider is set,
         # and asks the OpenTelemetry providers about it on every request even when it is off.
