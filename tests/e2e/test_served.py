@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -136,6 +137,68 @@ def test_pipelined_requests_on_one_connection_get_whole_responses_in_order(
     assert second == "HTTP/1.1 401 Unauthorized"
     assert b"invalid-token" in body2
     assert body1 == body3 == body4
+
+
+def _exchange(served: Served, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """One raw request; the status line, headers (lower-cased names) and body of the answer."""
+    host, port = served.base.removeprefix("http://").split(":")
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        while True:
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                length = re.search(rb"(?im)^content-length: (\d+)", data[:head_end])
+                assert length, data[:head_end]
+                if len(data) >= head_end + 4 + int(length.group(1)):
+                    break
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before a whole answer: {data!r}"
+            data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    status, *lines = head.decode().split("\r\n")
+    headers = {name.lower(): value.strip() for name, value in
+               (line.split(":", 1) for line in lines)}
+    return status, headers, rest[:int(headers["content-length"])]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"BREW /health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /v1/users/me/favorites?x=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /health/live HTTP/1.1\r\nHost x\r\n\r\n",
+], ids=["unknown method", "100 KB request line", "header without colon"])
+def test_a_request_the_parser_refuses_still_gets_a_problem_with_every_header(
+    served: Served, request_bytes: bytes,
+) -> None:
+    """SPEC §3: every response carries X-Request-ID and is problem+json on error; SPEC §4: the
+    security headers on every response. These never reach the app (the HTTP parser refuses
+    them), so the protocol writes the answer itself."""
+    status, headers, body = _exchange(served, request_bytes)
+    assert status == "HTTP/1.1 400 Bad Request"
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert headers["strict-transport-security"].startswith("max-age=31536000")
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["cache-control"] == "no-store"
+    problem = json.loads(body)
+    assert problem["type"].endswith("/malformed-request")
+    assert problem["status"] == 400
+    assert problem["request_id"] == headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", problem["request_id"])
+    assert problem["instance"] == f"urn:uuid:{uuid.UUID(hex=problem['request_id'])}"
+    assert b"aaaa" not in body  # nothing of the request is echoed back
+
+
+def test_white_space_around_a_request_id_is_not_part_of_it(served: Served) -> None:
+    """RFC 9110 §5.5: the parser strips the leading white space of a field value, not always the
+    trailing; the id is kept either way."""
+    for raw in (b"padded ", b"padded\t", b" padded  "):
+        _, headers, _ = _exchange(served, b"GET /health/live HTTP/1.1\r\nHost: x\r\n"
+                                          b"X-Request-ID: " + raw + b"\r\n\r\n")
+        assert headers["x-request-id"] == "padded"
 
 
 def test_token_command_mints_a_usable_token(served: Served) -> None:
