@@ -133,6 +133,20 @@ async def test_a_request_that_takes_no_body_refuses_one(client: httpx.AsyncClien
     registered = await client.put(f"/internal/v1/products/{uuid.uuid4()}", content=b'{"a": 1}',
                                   headers={**SERVICE, **json_type})
     assert_problem(registered, 422, "validation-error")
+    # Nor does any DELETE: the same refusals, and nothing is removed, erased or deleted.
+    deletes = [(path, bearer(owner)), (f"/internal/v1/users/{owner}", SERVICE),
+               (f"/internal/v1/products/{product}", SERVICE)]
+    for target, credentials in deletes:
+        for headers, body, status, kind in cases:
+            refused = await client.request("DELETE", target, content=body,
+                                           headers={**credentials, **headers})
+            assert_problem(refused, status, kind)
+    assert (await client.get(path, headers=bearer(owner))).status_code == 200
+    assert (await client.get("/v1/users/me/favorites/count",
+                             headers=bearer(owner))).json() == {"count": 1}
+    removed = await client.request("DELETE", path, content=b"{}",
+                                   headers={**bearer(owner), **json_type})
+    assert removed.status_code == 204
 
 
 async def test_body_over_1kb_is_413(client: httpx.AsyncClient) -> None:

@@ -192,8 +192,10 @@ async def add_favorite(request: Request) -> Response:
                openapi_extra=documented(USER_ID, PRODUCT_ID))
 async def remove_favorite(request: Request) -> Response:
     principal = await authenticate_user(request)
+    owner, product = _user(principal, request), _product(request)
+    await refuse_body(request)
     await app_container(request).favorites.remove(
-        principal, _user(principal, request), _product(request), request.state.request_id)
+        principal, owner, product, request.state.request_id)
     return Response(status_code=204)
 
 

@@ -25,8 +25,9 @@ async def erase_user(
     request: Request, client: ServiceCaller, app: AppContainer,
     user_id: str = Path(description="The user id (UUID)"),
 ) -> Response:
-    deleted = await app.users.erase(client, parse_uuid(user_id, "user_id"),
-                                    request.state.request_id)
+    user = parse_uuid(user_id, "user_id")
+    await refuse_body(request)
+    deleted = await app.users.erase(client, user, request.state.request_id)
     return JSONResponse({"deleted_favorites": deleted})
 
 
@@ -51,6 +52,7 @@ async def delete_product(
     product_id: str = Path(description="The product id (UUID)"),
 ) -> Response:
     product = parse_uuid(product_id, "product_id")
+    await refuse_body(request)
     await app.products.delete(client, product, request.state.request_id)
     app.spawn(_purge(app.products, product), name=f"purge-{product}")
     return JSONResponse({"product_id": str(product), "status": "deleting"}, status_code=202)
