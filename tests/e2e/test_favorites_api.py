@@ -107,6 +107,22 @@ async def test_contains_bounds(client: httpx.AsyncClient) -> None:
     assert_problem(missing, 422, "validation-error")
 
 
+async def test_a_query_parameter_given_twice_is_422(client: httpx.AsyncClient) -> None:
+    """Which of two values a client meant is a guess: ``product_ids=a&product_ids=b`` answered
+    for ``b`` alone would report a favorited ``a`` as absent."""
+    owner = uuid.uuid4()
+    product = await new_product(client)
+    await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
+    for query in (f"/contains?product_ids={product}&product_ids={uuid.uuid4()}",
+                  "?limit=1&limit=3", "?cursor=a&cursor=b", "?limit=5&cursor=x&limit=5"):
+        response = await client.get(f"/v1/users/me/favorites{query}", headers=bearer(owner))
+        detail = assert_problem(response, 422, "validation-error")["detail"]
+        assert "given more than once" in detail
+    once = await client.get(f"/v1/users/me/favorites/contains?product_ids={product}",
+                            headers=bearer(owner))
+    assert once.json() == {"product_ids": [str(product)]}
+
+
 async def test_pagination_across_120_with_inserts_between_pages(
     client: httpx.AsyncClient,
 ) -> None:

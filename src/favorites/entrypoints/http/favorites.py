@@ -15,6 +15,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import QueryParams
 
 from favorites.domain.access import resolve_user
 from favorites.domain.errors import ValidationFailed
@@ -83,6 +84,15 @@ def _product(request: Request) -> UUID:
     return parse_uuid(request.path_params["product_id"], "product_id")
 
 
+def _one(query: QueryParams, name: str) -> str | None:
+    """A query parameter given at most once: with two, which one a client meant is a guess
+    (``product_ids=a&product_ids=b`` would silently check only ``b``)."""
+    values = query.getlist(name)
+    if len(values) > 1:
+        raise ValidationFailed(f"query.{name}: given more than once")
+    return values[0] if values else None
+
+
 def _limit(raw: str | None) -> int:
     if raw is None:
         return MAX_PAGE
@@ -99,7 +109,7 @@ async def list_favorites(request: Request) -> Response:
     limit, cursor = MAX_PAGE, None
     if request.scope["query_string"]:  # most lists have none: no parsing then
         query = request.query_params
-        limit, cursor = _limit(query.get("limit")), query.get("cursor") or None
+        limit, cursor = _limit(_one(query, "limit")), _one(query, "cursor") or None
     page = await app_container(request).favorites.list_page(
         principal, _user(principal, request), limit, cursor, request.state.request_id,
     )
@@ -121,7 +131,7 @@ async def count_favorites(request: Request) -> Response:
 async def contains_favorites(request: Request) -> Response:
     principal = await authenticate_user(request)
     owner = _user(principal, request)
-    product_ids = request.query_params.get("product_ids")
+    product_ids = _one(request.query_params, "product_ids")
     if product_ids is None:
         raise ValidationFailed("query.product_ids: Field required")
     raw_ids = [part.strip() for part in product_ids.split(",") if part.strip()]
