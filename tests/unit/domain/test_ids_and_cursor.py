@@ -46,3 +46,30 @@ def test_cursor_from_another_key_is_invalid() -> None:
     cursor = CursorCodec(b"a" * 32).encode(owner, datetime.now(UTC), uuid.uuid4())
     with pytest.raises(InvalidCursor):
         CursorCodec(b"b" * 32).decode(owner, cursor)
+
+
+def test_only_the_issued_spelling_of_a_cursor_is_accepted() -> None:
+    """Tamper-evident means any edit is refused, not only edits that change the decoded bytes:
+    padding appended, a character outside the alphabet inserted (the lenient decoder skips it),
+    the last character's unused bits set, standard base64's ``+/`` for ``-_``."""
+    codec, owner = CursorCodec(b"k" * 32), uuid.uuid4()
+    cursor = codec.encode(owner, datetime(2026, 5, 1, tzinfo=UTC), uuid.uuid4())
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    edits = {cursor + "=", cursor + "==", " " + cursor, cursor + "\n",
+             cursor.replace("-", "+").replace("_", "/")} - {cursor}
+    for at in range(len(cursor) + 1):
+        for char in alphabet + "!=.~ +/":
+            edits.add(cursor[:at] + char + cursor[at:])  # inserted
+            if at < len(cursor):
+                edits.add(cursor[:at] + char + cursor[at + 1:])  # replaced
+    edits.discard(cursor)
+    accepted = []
+    for edited in edits:
+        try:
+            codec.decode(owner, edited)
+        except InvalidCursor:
+            continue
+        accepted.append(edited)
+    assert accepted == [], f"{len(accepted)} of {len(edits)} edits accepted"
+    assert len(edits) > 7000
+    assert codec.decode(owner, cursor)[0] == datetime(2026, 5, 1, tzinfo=UTC)
