@@ -193,6 +193,20 @@ async def test_non_json_body_is_415_malformed_is_400_extra_fields_422(
     assert_problem(bad_role, 422, "validation-error")
 
 
+async def test_a_name_given_twice_in_a_body_is_422(client: httpx.AsyncClient) -> None:
+    """Which ``user_id`` a token is for must not depend on which JSON parser reads the body."""
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    json_type = {"Content-Type": "application/json"}
+    for body in (f'{{"user_id": "{first}", "roles": ["user"], "user_id": "{second}"}}',
+                 f'{{"user_id": "{first}", "roles": ["user"], "roles": ["admin"]}}'):
+        twice = await client.post("/v1/auth/tokens", content=body.encode(),
+                                  headers={**SERVICE, **json_type})
+        assert "given more than once" in assert_problem(twice, 422, "validation-error")["detail"]
+    once = await client.post("/v1/auth/tokens", headers=SERVICE,
+                             json={"user_id": first, "roles": ["user"]})
+    assert once.status_code == 201
+
+
 async def test_invalid_uuids_are_422(client: httpx.AsyncClient) -> None:
     owner = uuid.uuid4()
     for path in ("/v1/users/not-a-uuid/favorites", f"/v1/users/me/favorites/{'1' * 31}",

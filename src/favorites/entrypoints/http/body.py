@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+import json
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -32,10 +33,28 @@ async def read_json(request: Request, model: type[Model]) -> Model:
         raise MalformedRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ValidationFailed("the body must be a JSON object")
+    _refuse_repeated_names(raw)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(describe(exc)) from None
+
+
+def _refuse_repeated_names(raw: bytes) -> None:
+    """A name given twice in one object is 422. JSON leaves its meaning open (RFC 8259 §4);
+    parsers differ on which value wins, so a proxy or a log that reads the first could see
+    another request than the one served (``{"user_id": a, ..., "user_id": b}``). orjson keeps
+    the last silently, so the (at most 1 KB) body is read again by the standard parser, which
+    can report every object's names."""
+    json.loads(raw, object_pairs_hook=_unique_names)
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValidationFailed(f"body: {', '.join(repeated)} given more than once")
+    return dict(pairs)
 
 
 async def refuse_body(request: Request) -> None:
