@@ -104,7 +104,9 @@ class ServiceClients:
             try:
                 hop_address = _ip(hop)
             except ValueError:
-                return address  # a malformed chain is not believed
+                # A malformed chain is not believed, and the caller is unknown: not the
+                # trusted proxy, whose own address a service client's CIDRs may well allow.
+                return None
             if not self._is_trusted(hop_address):
                 return hop_address
             address = hop_address
