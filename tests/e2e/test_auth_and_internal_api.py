@@ -46,6 +46,40 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client: httpx.AsyncC
     assert_problem(unknown, 401, "invalid-token")
 
 
+async def test_a_revoked_family_takes_its_access_tokens_along(client: httpx.AsyncClient) -> None:
+    """Whoever refreshed with a stolen refresh token holds a working access token; once the
+    spent token is presented again, that access token is refused too, as is every other the
+    family issued. After a logout, an older access token of the family is refused as well.
+    Another family of the same user keeps working."""
+    owner = uuid.uuid4()
+    victim = await _issue(client, owner)
+    other = await _issue(client, owner)
+    thief = (await client.post("/v1/auth/refresh",
+                               json={"refresh_token": victim["refresh_token"]})).json()
+    for pair in (victim, thief):
+        assert (await client.get("/v1/users/me/favorites/count",
+                                 headers=_bearer(pair))).status_code == 200
+    replay = await client.post("/v1/auth/refresh", json={"refresh_token": victim["refresh_token"]})
+    assert_problem(replay, 401, "invalid-token")
+    for pair in (victim, thief):
+        refused = await client.get("/v1/users/me/favorites/count", headers=_bearer(pair))
+        assert "revoked" in assert_problem(refused, 401, "invalid-token")["detail"]
+    assert (await client.get("/v1/users/me/favorites/count",
+                             headers=_bearer(other))).status_code == 200
+    newer = (await client.post("/v1/auth/refresh",
+                               json={"refresh_token": other["refresh_token"]})).json()
+    out = await client.post("/v1/auth/logout", headers=_bearer(newer),
+                            json={"refresh_token": newer["refresh_token"]})
+    assert out.status_code == 204
+    for pair in (other, newer):
+        refused = await client.get("/v1/users/me/favorites/count", headers=_bearer(pair))
+        assert_problem(refused, 401, "invalid-token")
+
+
+def _bearer(pair: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {pair['access_token']}"}
+
+
 async def test_a_logout_racing_a_refresh_leaves_no_token_of_the_family(
         client: httpx.AsyncClient) -> None:
     """A refresh and a logout of one family at the same moment: whichever runs first, once both

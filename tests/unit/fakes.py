@@ -182,6 +182,12 @@ class FakeRefreshTokens:
                 n += 1
         return n
 
+    async def live_access_tokens(self, family_id: UUID, now: datetime
+                                 ) -> list[tuple[str, datetime]]:
+        return [(r.access_jti, r.access_expires_at) for r in self.s.refresh.values()
+                if r.family_id == family_id and r.access_jti is not None
+                and r.access_expires_at is not None and r.access_expires_at > now]
+
     async def delete_for_user(self, user_id: UUID) -> int:
         keys = [k for k, r in self.s.refresh.items() if r.user_id == user_id]
         for k in keys:

@@ -97,6 +97,9 @@ class RefreshTokenRecord:
     expires_at: datetime
     used_at: datetime | None = None
     revoked_at: datetime | None = None
+    #: The access token issued with this one (``jti``, expiry), revoked with the family.
+    access_jti: str | None = None
+    access_expires_at: datetime | None = None
 
 
 class RefreshTokenRepository(Protocol):
@@ -111,6 +114,10 @@ class RefreshTokenRepository(Protocol):
         """Spend a token atomically; False when it was already spent or revoked."""
 
     async def revoke_family(self, family_id: UUID, at: datetime) -> int: ...
+
+    async def live_access_tokens(self, family_id: UUID, now: datetime
+                                 ) -> list[tuple[str, datetime]]:
+        """(jti, expiry) of the access tokens the family issued that have not expired."""
 
     async def delete_for_user(self, user_id: UUID) -> int: ...
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -17,9 +18,12 @@ from tests.unit.service_layer.conftest import service_client, user
 class FakeSigner:
     def __init__(self) -> None:
         self.minted: list[tuple[uuid.UUID, tuple[str, ...]]] = []
+        self.token_ids: list[str | None] = []
 
-    def mint(self, user_id: uuid.UUID, roles: tuple[str, ...]) -> tuple[str, int]:
+    def mint(self, user_id: uuid.UUID, roles: tuple[str, ...],
+             token_id: str | None = None) -> tuple[str, int]:
         self.minted.append((user_id, roles))
+        self.token_ids.append(token_id)
         return f"access-{len(self.minted)}", 3600
 
 
@@ -64,6 +68,50 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(
     revoked = [e for e, _ in db.state.audit if e.action is AuditAction.TOKEN_FAMILY_REVOKED]
     assert len(revoked) == 1
     assert revoked[0].outcome == "reuse_detected"
+
+
+async def test_revoking_a_family_revokes_the_access_tokens_it_issued(
+    tokens: TokenService, db: FakeDatabase, clock: FakeClock
+) -> None:
+    """Reuse detection: whoever refreshed with a stolen token loses its access token too, at
+    once on this instance and through the shared list everywhere else; an expired one is not
+    listed again."""
+    signer, revocations = tokens._signer, tokens._revocations
+    assert isinstance(signer, FakeSigner)
+    assert isinstance(revocations, FakeRevocations)
+    owner = uuid.uuid4()
+    first = await tokens.issue(ISSUER, owner, ("user",))
+    second = await tokens.refresh(first.refresh_token)  # the thief's pair, say
+    other_family = await tokens.issue(ISSUER, owner, ("user",))
+    with pytest.raises(InvalidToken):
+        await tokens.refresh(first.refresh_token)
+    family_jtis = set(signer.token_ids[:2])
+    assert None not in family_jtis
+    assert len(family_jtis) == 2
+    assert set(revocations.revoked) == family_jtis
+    assert family_jtis <= set(db.state.revoked)
+    assert signer.token_ids[2] not in db.state.revoked  # another family: untouched
+    for jti in family_jtis:  # listed until the token would have expired, not longer
+        expires = revocations.revoked[jti]
+        assert clock.now().timestamp() + 3600 <= expires <= clock.now().timestamp() + 3602
+    del second, other_family
+
+
+async def test_logout_revokes_every_live_access_token_of_the_family(
+    db: FakeDatabase, clock: FakeClock
+) -> None:
+    signer, revocations = FakeSigner(), FakeRevocations()
+    tokens = TokenService(db, signer, revocations, clock, refresh_ttl_seconds=30 * 86400)
+    owner = uuid.uuid4()
+    first = await tokens.issue(ISSUER, owner, ("user",))
+    clock.advance(3700)  # the first access token has expired by now
+    second = await tokens.refresh(first.refresh_token)
+    third = await tokens.refresh(second.refresh_token)
+    expires = int(clock.now().timestamp()) + 3600
+    presented = replace(user(owner), token_id=signer.token_ids[2], token_expires_at=expires)
+    await tokens.logout(presented, third.refresh_token)
+    assert set(revocations.revoked) == {signer.token_ids[1], signer.token_ids[2]}
+    assert signer.token_ids[0] not in db.state.revoked
 
 
 async def test_refresh_keeps_roles_and_expiry_is_enforced(

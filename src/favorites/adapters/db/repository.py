@@ -328,6 +328,8 @@ class SqlRefreshTokenRepository(_Repo):
                 token_hash=record.token_hash,
                 issued_at=record.issued_at,
                 expires_at=record.expires_at,
+                access_jti=record.access_jti,
+                access_expires_at=record.access_expires_at,
             )
         )
 
@@ -370,6 +372,16 @@ class SqlRefreshTokenRepository(_Repo):
             .values(revoked_at=at)
         )
         return int(result.rowcount)
+
+    async def live_access_tokens(self, family_id: UUID, now: datetime
+                                 ) -> list[tuple[str, datetime]]:
+        c = refresh_tokens.c
+        rows = await self._conn.execute(
+            sa.select(c.access_jti, c.access_expires_at)
+            .where(c.family_id == family_id, c.access_jti.is_not(None),
+                   c.access_expires_at > now)
+        )
+        return [(row.access_jti, _utc(row.access_expires_at)) for row in rows]
 
     async def delete_for_user(self, user_id: UUID) -> int:
         result = await self._conn.execute(

@@ -41,6 +41,9 @@ refresh_tokens = sa.Table(
     sa.Column("expires_at", TZ, nullable=False),
     sa.Column("used_at", TZ, nullable=True),
     sa.Column("revoked_at", TZ, nullable=True),
+    # The access token issued with this refresh token: revoked with the family (0006).
+    sa.Column("access_jti", sa.String(64), nullable=True),
+    sa.Column("access_expires_at", TZ, nullable=True),
 )
 
 revoked_tokens = sa.Table(

@@ -129,7 +129,9 @@ class JwtCodec:
             **kw,
         )
 
-    def mint(self, user_id: UUID, roles: tuple[str, ...]) -> tuple[str, int]:
+    def mint(self, user_id: UUID, roles: tuple[str, ...],
+             token_id: str | None = None) -> tuple[str, int]:
+        """``token_id``: the ``jti``, when the caller records it (to revoke it later)."""
         now = int(time.time())
         claims = {
             "iss": self._issuer,
@@ -138,7 +140,7 @@ class JwtCodec:
             "roles": list(roles),
             "iat": now,
             "exp": now + self._ttl,
-            "jti": uuid4().hex,
+            "jti": token_id or uuid4().hex,
             "typ": "access",
         }
         token = jwt.encode(claims, self._signing_key, algorithm=self.algorithm,
