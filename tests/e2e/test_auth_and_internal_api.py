@@ -196,6 +196,9 @@ async def test_erasure_deletes_favorites_and_tokens(client: httpx.AsyncClient) -
     assert count.json() == {"count": 0}
     refresh = await client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
     assert_problem(refresh, 401, "invalid-token")
+    # The access token issued before the erasure can no longer write favorites back.
+    readd = await client.put(f"/v1/users/me/favorites/{products[0]}", headers=_bearer(pair))
+    assert "revoked" in assert_problem(readd, 401, "invalid-token")["detail"]
 
 
 async def test_health_endpoints(client: httpx.AsyncClient) -> None:

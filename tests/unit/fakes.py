@@ -188,6 +188,12 @@ class FakeRefreshTokens:
                 if r.family_id == family_id and r.access_jti is not None
                 and r.access_expires_at is not None and r.access_expires_at > now]
 
+    async def live_access_tokens_of_user(self, user_id: UUID, now: datetime
+                                         ) -> list[tuple[str, datetime]]:
+        return [(r.access_jti, r.access_expires_at) for r in self.s.refresh.values()
+                if r.user_id == user_id and r.access_jti is not None
+                and r.access_expires_at is not None and r.access_expires_at > now]
+
     async def delete_for_user(self, user_id: UUID) -> int:
         keys = [k for k, r in self.s.refresh.items() if r.user_id == user_id]
         for k in keys:

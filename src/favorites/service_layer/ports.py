@@ -119,6 +119,10 @@ class RefreshTokenRepository(Protocol):
                                  ) -> list[tuple[str, datetime]]:
         """(jti, expiry) of the access tokens the family issued that have not expired."""
 
+    async def live_access_tokens_of_user(self, user_id: UUID, now: datetime
+                                         ) -> list[tuple[str, datetime]]:
+        """The same for every family of the user."""
+
     async def delete_for_user(self, user_id: UUID) -> int: ...
 
 

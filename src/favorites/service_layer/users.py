@@ -9,16 +9,20 @@ from uuid import UUID
 from favorites.domain import access
 from favorites.domain.models import AuditAction, AuditEntry, Principal
 from favorites.service_layer.ports import Clock, FavoritesCache, UnitOfWorkFactory
+from favorites.service_layer.tokens import Revocations
 
 
 class UsersService:
     def __init__(
-        self, uow: UnitOfWorkFactory, cache: FavoritesCache, clock: Clock, pseudonym_key: bytes
+        self, uow: UnitOfWorkFactory, cache: FavoritesCache, clock: Clock, pseudonym_key: bytes,
+        revocations: Revocations | None = None,
     ):
         self._uow = uow
         self._cache = cache
         self._clock = clock
         self._key = pseudonym_key
+        #: This instance refuses an erased user's access tokens at once (others within a sync).
+        self._revocations = revocations
 
     def pseudonym(self, user_id: UUID) -> str:
         """Keyed hash: stable (audit rows of one user stay linkable) but not reversible."""
@@ -28,12 +32,19 @@ class UsersService:
     async def erase(
         self, principal: Principal, user_id: UUID, request_id: str | None = None
     ) -> int:
-        """Idempotent: a second call deletes nothing and records another ``user.erased``."""
+        """Idempotent: a second call deletes nothing and records another ``user.erased``.
+
+        The user's unexpired access tokens are revoked with the refresh tokens: otherwise one
+        could add favorites again, for up to an hour, to a user who has been erased."""
         access.ensure_scope(principal, "users:erase")
         pseudonym = self.pseudonym(user_id)
+        now = self._clock.now()
         # user_id: the user's next reads go to the primary, not a replica still showing the data.
         async with self._uow(user_id=user_id) as uow:
             deleted = await uow.favorites.delete_all_for_user(user_id)
+            live = await uow.refresh_tokens.live_access_tokens_of_user(user_id, now)
+            for jti, expires_at in live:
+                await uow.revoked_tokens.add(jti, expires_at, now)
             await uow.refresh_tokens.delete_for_user(user_id)
             await uow.audit.pseudonymise_user(str(user_id), pseudonym)
             await uow.audit.record(
@@ -42,5 +53,8 @@ class UsersService:
                 self._clock.now(),
             )
             await uow.commit()
+        if self._revocations is not None:
+            for jti, expires_at in live:
+                self._revocations.revoke_locally(jti, int(expires_at.timestamp()))
         await self._cache.invalidate_user(user_id)
         return deleted

@@ -150,23 +150,34 @@ async def test_erasure_deletes_everything_and_pseudonymises_audit(
     db: FakeDatabase, clock: FakeClock, cache: RecordingCache, service: FavoritesService,
     products: ProductsService, tokens: TokenService,
 ) -> None:
-    users = UsersService(db, cache, clock, b"p" * 32)
+    revocations = FakeRevocations()
+    users = UsersService(db, cache, clock, b"p" * 32, revocations)
     owner = uuid.uuid4()
     product = uuid.uuid4()
     await products.register_many([product])
     await service.add(user(owner), owner, product)
     await tokens.issue(ISSUER, owner, ("user",))
+    await tokens.issue(ISSUER, owner, ("user",))
+    bystander_id = uuid.uuid4()
+    bystander = await tokens.issue(ISSUER, bystander_id, ("user",))
+    signer = tokens._signer
+    assert isinstance(signer, FakeSigner)
     with pytest.raises(ScopeMissing):
         await users.erase(service_client("tokens:issue"), owner)
     assert await users.erase(service_client("users:erase"), owner) == 1
     assert await users.erase(service_client("users:erase"), owner) == 0  # harmless again
     assert not db.state.favorites
-    assert not db.state.refresh
+    assert [r.user_id for r in db.state.refresh.values()] == [bystander_id]  # only theirs left
     text = repr(db.state.audit)
     assert str(owner) not in text
     assert users.pseudonym(owner) in text
     assert [e.action for e, _ in db.state.audit].count(AuditAction.USER_ERASED) == 2
     assert cache.invalidated[-1] == owner
+    # Both access tokens the user held are revoked, here at once and in the shared list.
+    assert set(revocations.revoked) == set(signer.token_ids[:2])
+    assert set(signer.token_ids[:2]) <= set(db.state.revoked)
+    assert signer.token_ids[2] not in db.state.revoked
+    del bystander
 
 
 async def test_product_delete_purges_favorites_in_batches(
