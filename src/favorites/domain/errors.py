@@ -123,13 +123,6 @@ class DependencyUnavailable(FavoritesError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
-class Draining(FavoritesError):
-    status, slug, title = 503, "draining", "Instance is shutting down"
-
-    def __init__(self, detail: str | None = None):
-        super().__init__(detail, headers={"Retry-After": "1"})
-
-
 def catalogue() -> list[type[FavoritesError]]:
     """Every error type, for docs and tests."""
     found: list[type[FavoritesError]] = []
