@@ -51,8 +51,18 @@ CATALOGUE: dict[str, tuple[str, frozenset[str]]] = {
 }
 # Made by Prometheus for every scrape target, not exported by the service.
 SCRAPE_GENERATED: dict[str, frozenset[str]] = {"up": frozenset()}
-# Attached by Prometheus (target labels, see deploy/prometheus/prometheus.yml), not by the service.
-TARGET_LABELS = frozenset({"job", "instance", "color", "namespace", "pod"})
+
+
+def _target_labels() -> frozenset[str]:
+    """Attached by Prometheus, not by the service: `job`, `instance` and the labels the example scrape
+    configuration (deploy/prometheus/prometheus.yml) sets, so rules and panels can use no other."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "favorites"]
+    relabelled = {r["target_label"] for r in job["relabel_configs"] if "target_label" in r}
+    return frozenset({"job", "instance"} | relabelled)
+
+
+TARGET_LABELS = _target_labels()
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
 
