@@ -1,22 +1,41 @@
 """The one list of settings. Every name here is part of the public contract (FAVORITES_*).
 
-Values come from the environment, then a ``*_FILE`` variant (a mounted Kubernetes secret or a Vault
-agent file) for every secret, then ``.env``. Unset means the embedded default: SQLite under
-``./var``, in-process cache and limiter, a signing secret generated once (see ``bootstrap``).
+Values come from the environment, then a ``*_FILE`` variant there (a mounted Kubernetes secret or a
+Vault agent file) for every secret, then ``.env``, then a ``*_FILE`` variant named in ``.env``: the
+environment wins over ``.env``, and within each a plain variable over its ``*_FILE``. Unset means
+the embedded default: SQLite under ``./var``, in-process cache and limiter, a signing secret
+generated once (see ``embedded``). ``load_settings`` turns any bad value into one line naming the
+variable, so start-up stops before anything is printed or started.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic.fields import FieldInfo
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    IPvAnyNetwork,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -30,8 +49,16 @@ SECRET_FIELDS = frozenset(
      "secret_key"}
 )
 
+#: What a validated network setting holds (``IPvAnyNetwork`` validates it: either family, one
+#: message for both).
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _RATE = re.compile(r"^\s*([1-9]\d*)\s*/\s*(second|minute|hour|day)\s*$")
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+#: HS256 secrets and the key that signs cursors and audit pseudonyms: 256 bits at least
+#: (RFC 7518 §3.2), as the deployment example and the documentation ask.
+MIN_SECRET_LENGTH = 32
+#: RFC 7518 §3.3: "A key of size 2048 bits or larger MUST be used" with RS256.
+MIN_RSA_BITS = 2048
 
 
 class ServiceClient(BaseModel):
@@ -41,7 +68,7 @@ class ServiceClient(BaseModel):
 
     name: str = Field(min_length=1, max_length=64)
     key_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
-    cidrs: tuple[IPNetwork, ...] = ()
+    cidrs: tuple[IPvAnyNetwork, ...] = ()
     scopes: frozenset[Literal["tokens:issue", "users:erase", "products:write"]] = frozenset()
 
     @field_validator("key_sha256")
@@ -56,24 +83,100 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
-class _SecretFileSource(PydanticBaseSettingsSource):
-    """Reads ``FAVORITES_<NAME>_FILE`` for secret settings, so secrets never sit in the environment."""
+class _SecretFileSource(EnvSettingsSource):
+    """``FAVORITES_<NAME>_FILE`` for every secret, so secrets never sit in the environment.
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
+    The named file's content (without surrounding whitespace: mounted secrets often end in a
+    newline) is read exactly as ``FAVORITES_<NAME>`` would be: this is pydantic-settings' own
+    environment source over those contents, so a JSON list of service clients or comma-separated
+    replica URLs decode the same way from a file as from the variable. ``variables`` is where
+    the ``*_FILE`` names are looked up: the environment, or the ``.env`` file's variables as
+    pydantic-settings read them (one instance each, so the environment wins over ``.env``). A
+    file is read only for a setting that no earlier source gave: one that is overridden is not
+    used, so it cannot stop start-up either, as for plain variables.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str | None],
+                 origin: str):
+        self._variables = variables
+        self._origin = origin
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {}  # read in __call__, once the earlier sources' values are known
 
     def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for name in SECRET_FIELDS:
-            path = os.environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
-            if path:
-                try:
-                    values[name] = Path(path).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise ConfigError(
-                        f"{ENV_PREFIX}{name.upper()}_FILE: cannot read {path!r}: {exc.strerror}"
-                    ) from None
-        return values
+        contents: dict[str, str | None] = {}
+        for name in sorted(SECRET_FIELDS - self.current_state.keys()):
+            variable = f"{ENV_PREFIX}{name.upper()}_FILE"
+            path = self._variables.get(self._apply_case_sensitive(variable))
+            if not path:
+                continue
+            try:
+                contents[self._apply_case_sensitive(ENV_PREFIX + name)] = (
+                    Path(path).read_text(encoding="utf-8").strip())
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(
+                    f"{variable}{self._origin}: cannot read {path!r}: {reason or exc}") from None
+        self.env_vars = contents
+        return super().__call__()
+
+
+def _read_key(path: Path, *, private: bool) -> Any:
+    kind = "private" if private else "public"
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        if private:
+            return serialization.load_pem_private_key(pem, password=None)
+        return serialization.load_pem_public_key(pem)
+    except TypeError:  # a passphrase-protected private key
+        raise ValueError(f"{str(path)!r} is encrypted; the service needs the key unencrypted"
+                         ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{str(path)!r} is not a PEM {kind} key") from None
+
+
+def _check_key_file(path: Path, algorithm: str, *, private: bool) -> None:
+    """A signing or verification key that the algorithm cannot use stops start-up here, with the
+    variable's name, instead of a traceback where the token codec is built (after the one-time
+    local API key may have been printed). The file is read again when the codec is built."""
+    key = _read_key(path, private=private)
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        held = f"an EC key on curve {key.curve.name}"
+        fits = algorithm == "ES256" and key.curve.name == "secp256r1"
+    elif isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        held = f"an RSA key of {key.key_size} bits"
+        fits = algorithm == "RS256" and key.key_size >= MIN_RSA_BITS
+    else:
+        held, fits = f"a {type(key).__name__.removeprefix('_')} key", False
+    if not fits:
+        needed = ("an EC key on curve P-256 (secp256r1)" if algorithm == "ES256"
+                  else f"an RSA key of at least {MIN_RSA_BITS} bits")
+        raise ValueError(f"{str(path)!r} holds {held}; {algorithm} needs {needed}")
+
+
+def _check_port(port: int | None) -> None:
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+
+
+def _check_database_url(url: str) -> None:
+    """Parsed by SQLAlchemy, which reads it later: its parser takes what a generic URL parser
+    refuses (a ``/`` in the password), and only reads the port when connecting (a traceback)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError("is not a database URL (postgresql://user:pass@host:port/db)") from None
+    except ValueError:  # int() of the port
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    _check_port(parsed.port)
 
 
 class ConfigError(Exception):
@@ -103,19 +206,22 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
 
     jwt_secret: SecretStr | None = None
+    #: Before the key files: their validators check the keys fit it.
+    jwt_algorithm: Literal["HS256", "ES256", "RS256"] = "HS256"
     jwt_private_key_file: Path | None = None
     jwt_public_key_files: Annotated[list[Path], NoDecode] = []
-    jwt_algorithm: Literal["HS256", "ES256", "RS256"] = "HS256"
-    jwt_issuer: str = "favorites-service"
-    jwt_audience: str = "favorites"
+    jwt_issuer: str = Field("favorites-service", min_length=1)
+    jwt_audience: str = Field("favorites", min_length=1)
     jwt_leeway_seconds: int = Field(30, ge=0, le=300)
     access_token_ttl_seconds: int = Field(3600, ge=60, le=86_400)
     refresh_token_ttl_seconds: int = Field(2_592_000, ge=3600, le=31_536_000)
     #: Keys cursors and audit pseudonyms; derived from the signing secret when unset.
     secret_key: SecretStr | None = None
 
-    service_clients: list[ServiceClient] | None = None
-    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = []
+    #: JSON, decoded by ``_service_clients_json`` (NoDecode) so that malformed JSON is reported
+    #: as such: pydantic-settings would pass it on as a string ("Input should be a valid list").
+    service_clients: Annotated[list[ServiceClient] | None, NoDecode] = None
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = []
     rate_limit: str = "100/minute"
     #: Per service client (identity, catalog): they act for many users, so 100/minute would cap
     #: sign-ins for the whole shop; still limited, so a leaked key cannot flood the service.
@@ -142,7 +248,15 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _SecretFileSource(settings_cls), dotenv_settings)
+        assert isinstance(env_settings, EnvSettingsSource)
+        assert isinstance(dotenv_settings, EnvSettingsSource)  # DotEnvSettingsSource
+        return (
+            init_settings,
+            env_settings,
+            _SecretFileSource(settings_cls, env_settings.env_vars, ""),
+            dotenv_settings,
+            _SecretFileSource(settings_cls, dotenv_settings.env_vars, " (in .env)"),
+        )
 
     @field_validator(
         "database_replica_urls", "trusted_proxies", "cors_origins", "jwt_public_key_files",
@@ -152,10 +266,56 @@ class Settings(BaseSettings):
     def _comma_lists(cls, value: Any) -> Any:
         return _split_commas(value)
 
-    @field_validator("database_url", "redis_url", "product_service_url", mode="before")
+    @field_validator("database_url", "redis_url", "product_service_url", "service_clients",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("service_clients", mode="before")
+    @classmethod
+    def _service_clients_json(cls, value: Any) -> Any:
+        if isinstance(value, str | bytes):
+            try:
+                return json.loads(value)  # as pydantic-settings decodes complex values
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"invalid JSON: {exc}") from None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: Any) -> Any:
+        """Any case, and ``WARN`` (the level the service's own log lines show) for WARNING."""
+        if isinstance(value, str):
+            value = value.strip().upper()
+            return "WARNING" if value == "WARN" else value
+        return value
+
+    @field_validator("jwt_secret", "secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # In every environment: HMAC keys want at least 256 bits (RFC 7518 §3.2), and a short
+        # one set for development would otherwise be found working and carried forward.
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters")
+        return value
+
+    @field_validator("jwt_private_key_file")
+    @classmethod
+    def _private_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        algorithm = info.data.get("jwt_algorithm")  # absent when it is itself invalid
+        if value is not None and algorithm not in (None, "HS256"):
+            _check_key_file(value, algorithm, private=True)
+        return value
+
+    @field_validator("jwt_public_key_files")
+    @classmethod
+    def _public_keys(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        algorithm = info.data.get("jwt_algorithm")
+        if algorithm not in (None, "HS256"):
+            for path in value:
+                _check_key_file(path, algorithm, private=False)
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -167,6 +327,8 @@ class Settings(BaseSettings):
                 "///" not in value or value.split("///", 1)[1] in ("", ":memory:")):
             raise ValueError("SQLite needs a file: sqlite:///path/to/favorites.db (one process "
                              "shares it; an in-memory database would not be)")
+        if value is not None:
+            _check_database_url(value)
         return value
 
     @field_validator("database_replica_urls")
@@ -175,13 +337,22 @@ class Settings(BaseSettings):
         for url in value:
             if not url.startswith(("postgresql:", "postgres:", "postgresql+asyncpg:")):
                 raise ValueError("every replica must be a postgresql:// URL")
+            _check_database_url(url)
         return value
 
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
+        """The port is read as redis-py reads it (``urllib.parse``), here rather than on the
+        first connection, which is inside a running worker."""
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis:// or rediss://")
+        if value is not None and not value.startswith("unix://"):
+            try:
+                port = urlsplit(value).port
+            except ValueError:
+                raise ValueError("the port must be a number from 1 to 65535") from None
+            _check_port(port)
         return value
 
     @field_validator("product_service_url")
@@ -190,6 +361,12 @@ class Settings(BaseSettings):
         if value is not None:
             if not value.startswith(("http://", "https://")):
                 raise ValueError("must be an http:// or https:// URL")
+            try:
+                url = _HTTP_URL.validate_python(value)  # a host, a numeric port
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"].removeprefix("Input should be a valid URL, ")
+                raise ValueError(f"must be an http:// or https:// URL: {reason}") from None
+            _check_port(url.port)
             value = value.rstrip("/")
         return value
 
@@ -220,15 +397,51 @@ class Settings(BaseSettings):
         return int(match.group(1)), match.group(2)
 
 
+def _describe(error: Any) -> str:
+    """``FAVORITES_X: message``; for an item of a list, the item (or where it is in a secret's
+    JSON, which is not repeated: ``[0].key_sha256``)."""
+    field, *inner = error["loc"] or ("?",)
+    message = error["msg"].removeprefix("Value error, ")
+    if inner:
+        if field not in SECRET_FIELDS and isinstance(error.get("input"), str):
+            where = repr(error["input"])
+        else:
+            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                            for part in inner).lstrip(".")
+        message = f"{where}: {message}"
+    return f"{ENV_PREFIX}{str(field).upper()}: {message}"
+
+
+def _uses_data_dir(settings: Settings) -> bool:
+    """Whether the embedded defaults (``embedded.resolve``) keep a file under the data directory:
+    the SQLite database, the generated HS256 secret, the local service client."""
+    return (settings.database_url is None or settings.service_clients is None
+            or (settings.jwt_algorithm == "HS256" and settings.jwt_secret is None))
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """Created here, where a failure can name the variable; the embedded defaults would create
+    it a moment later anyway (and SQLite does not create a missing directory)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{ENV_PREFIX}DATA_DIR: {str(path)!r} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{ENV_PREFIX}DATA_DIR: cannot create {str(path)!r}: {exc.strerror or exc}"
+        ) from None
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build Settings or raise ConfigError with one line that names the offending variable."""
+    """Build Settings or raise ConfigError with one line that names the offending variable.
+
+    Also creates the data directory when the embedded defaults will use it (see
+    ``_prepare_data_dir``).
+    """
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}") from None
+        raise ConfigError(_describe(exc.errors()[0])) from None
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_POOL_MIN: must not exceed FAVORITES_DATABASE_POOL_MAX"
@@ -239,6 +452,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(
             f"{ENV_PREFIX}DATABASE_REPLICA_URLS: replicas need a postgresql:// FAVORITES_DATABASE_URL"
         )
+    if settings.redis_cluster and settings.redis_url is None:
+        raise ConfigError(f"{ENV_PREFIX}REDIS_CLUSTER: needs FAVORITES_REDIS_URL (redis://host:port "
+                          "of one cluster node)")
     if settings.redis_cluster and (settings.redis_url or "").startswith("unix://"):
         raise ConfigError(f"{ENV_PREFIX}REDIS_CLUSTER: a cluster needs redis:// or rediss:// hosts")
     if settings.jwt_algorithm != "HS256" and settings.jwt_private_key_file is None:
@@ -246,10 +462,6 @@ def load_settings(**overrides: Any) -> Settings:
             f"{ENV_PREFIX}JWT_PRIVATE_KEY_FILE: required when FAVORITES_JWT_ALGORITHM="
             f"{settings.jwt_algorithm}"
         )
-    if settings.jwt_secret is not None and len(settings.jwt_secret.get_secret_value()) < 32:
-        # In every environment: HS256 wants a key of at least 256 bits (RFC 7518 §3.2), and a
-        # short one set for development would otherwise be found working and carried forward.
-        raise ConfigError(f"{ENV_PREFIX}JWT_SECRET: must be at least 32 characters")
     if settings.is_production:
         if settings.jwt_algorithm == "HS256" and settings.jwt_secret is None:
             raise ConfigError(f"{ENV_PREFIX}JWT_SECRET: required when FAVORITES_ENV=production")
@@ -257,4 +469,10 @@ def load_settings(**overrides: Any) -> Settings:
             raise ConfigError(
                 f"{ENV_PREFIX}SERVICE_CLIENTS: required when FAVORITES_ENV=production"
             )
+        # The embedded SQLite file is per instance: every replica of the service would keep
+        # its own favorites. Production names the database it shares.
+        if settings.database_url is None:
+            raise ConfigError(f"{ENV_PREFIX}DATABASE_URL: required when FAVORITES_ENV=production")
+    if _uses_data_dir(settings):
+        _prepare_data_dir(settings.data_dir)
     return settings
