@@ -457,6 +457,12 @@ def load_settings(**overrides: Any) -> Settings:
                           "of one cluster node)")
     if settings.redis_cluster and (settings.redis_url or "").startswith("unix://"):
         raise ConfigError(f"{ENV_PREFIX}REDIS_CLUSTER: a cluster needs redis:// or rediss:// hosts")
+    if settings.jwt_algorithm == "HS256" and settings.jwt_private_key_file is not None:
+        # Otherwise the key would be ignored and tokens signed with a secret: not what was meant.
+        raise ConfigError(
+            f"{ENV_PREFIX}JWT_PRIVATE_KEY_FILE: set, but FAVORITES_JWT_ALGORITHM is HS256; set "
+            "FAVORITES_JWT_ALGORITHM=ES256 or RS256 to sign with the key"
+        )
     if settings.jwt_algorithm != "HS256" and settings.jwt_private_key_file is None:
         raise ConfigError(
             f"{ENV_PREFIX}JWT_PRIVATE_KEY_FILE: required when FAVORITES_JWT_ALGORITHM="

@@ -149,3 +149,14 @@ def test_a_key_file_the_algorithm_cannot_use_is_one_line_naming_the_variable(
         refused(write(f"{name}.pem", _pem(keys[name], public=public)), said)
     monkeypatch.setenv(which, str(write("fits.pem", _pem(keys[fitting], public=public))))
     assert load_settings().jwt_algorithm == algorithm
+
+
+def test_a_key_file_with_hs256_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """A deployment that sets the key file but forgets the algorithm would sign with a generated
+    secret instead of its key, and every other service would reject the tokens."""
+    monkeypatch.setenv("FAVORITES_JWT_PRIVATE_KEY_FILE", str(tmp_path / "key.pem"))
+    with pytest.raises(ConfigError, match=r"^FAVORITES_JWT_PRIVATE_KEY_FILE: set, but "
+                                          r"FAVORITES_JWT_ALGORITHM is HS256"):
+        load_settings()
