@@ -75,7 +75,7 @@ def test_first_start_prints_a_working_demo(served: Served) -> None:
         [str(BIN / "favorites"), "products", "add", add.group(1)], cwd=served.cwd,
         env=clean_env(), capture_output=True, text=True, check=True,
     )
-    assert "1 products registered (1 new)" in registered.stdout
+    assert "1 product registered (1 new)" in registered.stdout
     curl = re.search(r"curl -s -X PUT -H 'Authorization: Bearer (\S+)' (\S+)", served.output)
     assert curl is not None
     response = httpx.put(curl.group(2), headers={"Authorization": f"Bearer {curl.group(1)}"})
@@ -221,7 +221,7 @@ def test_products_import_from_stdin(served: Served) -> None:
     bad = subprocess.run([str(BIN / "favorites"), "products", "import", "-"],
                          cwd=served.cwd, env=clean_env(), input="not-a-uuid\n",
                          capture_output=True, text=True)
-    assert bad.returncode != 0
+    assert bad.returncode == 2
     assert "line 1: not a UUID" in bad.stderr
 
 
@@ -252,16 +252,18 @@ def test_bad_configuration_stops_with_one_line_naming_the_variable(
 
 @pytest.mark.parametrize(("command", "env", "named"), [
     (("products", "import", "/nonexistent/ids.txt"), {}, "/nonexistent/ids.txt"),
-    (("serve", "--port", "0"), {"FAVORITES_DATA_DIR": "/proc/nope"}, "/proc/nope"),
-    (("serve", "--port", "0"), {"FAVORITES_DATABASE_URL": "sqlite:////proc/nope/x.db"},
+    (("serve", "--port", "PORT"), {"FAVORITES_DATA_DIR": "/proc/nope"}, "/proc/nope"),
+    (("serve", "--port", "PORT"), {"FAVORITES_DATABASE_URL": "sqlite:////proc/nope/x.db"},
      "unable to open database file"),
     (("migrate", "down", "no-such-revision"), {}, "no-such-revision"),
 ])
 def test_an_unusable_path_or_revision_is_one_line(
     tmp_path: Path, command: tuple[str, ...], env: dict[str, str], named: str,
 ) -> None:
-    result = subprocess.run([str(BIN / "favorites"), *command], cwd=tmp_path,
-                            env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    port = str(free_port())  # a port that would be free: the failure must be the named one
+    result = subprocess.run([str(BIN / "favorites"), *(port if a == "PORT" else a for a in command)],
+                            cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True,
+                            timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -288,6 +290,123 @@ def test_secret_file_variant(tmp_path: Path) -> None:
     claims = jwt.decode(minted, "s" * 40, algorithms=["HS256"], audience="favorites")
     assert claims["sub"] == user
     assert not (tmp_path / "var" / "jwt-secret").exists()
+
+
+def _clients_json() -> str:
+    import hashlib
+    import json
+
+    return json.dumps([{"name": "identity", "key_sha256": hashlib.sha256(b"k").hexdigest(),
+                        "cidrs": ["10.0.0.0/8"], "scopes": ["tokens:issue"]}])
+
+
+def test_secret_file_variants_as_deployed_and_from_dotenv(tmp_path: Path) -> None:
+    """FAVORITES_SERVICE_CLIENTS_FILE holds JSON (deploy/kubernetes mounts it so), and a
+    ``*_FILE`` in ``.env`` is read as one in the environment: no generated secret, no local
+    client."""
+    import jwt
+
+    (tmp_path / "clients.json").write_text(_clients_json() + "\n")
+    (tmp_path / "jwt").write_text("d" * 40 + "\n")
+    user = str(uuid.uuid4())
+    for env, dotenv in [
+        ({"FAVORITES_SERVICE_CLIENTS_FILE": str(tmp_path / "clients.json"),
+          "FAVORITES_JWT_SECRET_FILE": str(tmp_path / "jwt")}, ""),
+        ({}, f"FAVORITES_SERVICE_CLIENTS_FILE={tmp_path / 'clients.json'}\n"
+             f"FAVORITES_JWT_SECRET_FILE={tmp_path / 'jwt'}\n"),
+    ]:
+        (tmp_path / ".env").write_text(dotenv)
+        minted = subprocess.run([str(BIN / "favorites"), "token", "--user", user], cwd=tmp_path,
+                                env=clean_env(**env), capture_output=True, text=True, timeout=30)
+        assert minted.returncode == 0, minted.stderr
+        claims = jwt.decode(minted.stdout.strip(), "d" * 40, algorithms=["HS256"],
+                            audience="favorites")
+        assert claims["sub"] == user
+        assert not (tmp_path / "var" / "jwt-secret").exists()
+        assert not (tmp_path / "var" / "local-client.json").exists()
+    (tmp_path / ".env").write_text("FAVORITES_JWT_SECRET_FILE=/nonexistent/jwt\n")
+    missing = subprocess.run([str(BIN / "favorites"), "token", "--user", user], cwd=tmp_path,
+                             env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "favorites: invalid configuration: FAVORITES_JWT_SECRET_FILE (in .env): cannot read "
+        "'/nonexistent/jwt': No such file or directory"]
+
+
+@pytest.mark.parametrize(("env", "named", "said"), [
+    ({"FAVORITES_SERVICE_CLIENTS": "notjson"}, "FAVORITES_SERVICE_CLIENTS", "invalid JSON"),
+    ({"FAVORITES_SERVICE_CLIENTS": '[{"name":"a",'}, "FAVORITES_SERVICE_CLIENTS", "column 14"),
+    ({"FAVORITES_DATABASE_URL": "postgresql://a:b@host:notaport/db"}, "FAVORITES_DATABASE_URL",
+     "port"),
+    ({"FAVORITES_DATABASE_URL": "postgresql://u@db/x",
+      "FAVORITES_DATABASE_REPLICA_URLS": "postgresql://u@r:99999/x"},
+     "FAVORITES_DATABASE_REPLICA_URLS", "port"),
+    ({"FAVORITES_REDIS_URL": "redis://127.0.0.1:notaport/0"}, "FAVORITES_REDIS_URL", "port"),
+    ({"FAVORITES_PRODUCT_SERVICE_URL": "http://"}, "FAVORITES_PRODUCT_SERVICE_URL", "host"),
+    ({"FAVORITES_TRUSTED_PROXIES": "::1/129"}, "FAVORITES_TRUSTED_PROXIES", "IPv4 or IPv6"),
+    ({"FAVORITES_SECRET_KEY": "short"}, "FAVORITES_SECRET_KEY", "32 characters"),
+    ({"FAVORITES_JWT_ISSUER": ""}, "FAVORITES_JWT_ISSUER", ""),
+    ({"FAVORITES_JWT_AUDIENCE": ""}, "FAVORITES_JWT_AUDIENCE", ""),
+    ({"FAVORITES_REDIS_CLUSTER": "true"}, "FAVORITES_REDIS_CLUSTER", "FAVORITES_REDIS_URL"),
+    ({"FAVORITES_DATA_DIR": "/proc/nope"}, "FAVORITES_DATA_DIR", "/proc/nope"),
+    ({"FAVORITES_ENV": "production", "FAVORITES_JWT_SECRET": "s" * 40,
+      "FAVORITES_SERVICE_CLIENTS": "[]"}, "FAVORITES_DATABASE_URL", "production"),
+])
+def test_a_bad_setting_stops_serve_in_one_line_before_anything_is_printed(
+    tmp_path: Path, env: dict[str, str], named: str, said: str,
+) -> None:
+    result = subprocess.run([str(BIN / "favorites"), "serve", "--port", str(free_port())],
+                            cwd=tmp_path, env=clean_env(**env), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"favorites: invalid configuration: {named}: ")
+    assert said in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    folder = tmp_path_factory.mktemp("keys")
+    files = {"garbage": folder / "garbage.pem", "missing": folder / "missing.pem"}
+    files["garbage"].write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    for name, key in (("ec", ec.generate_private_key(ec.SECP256R1())),
+                      ("rsa", rsa.generate_private_key(65537, 2048))):
+        files[name] = folder / f"{name}.pem"
+        files[name].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                  serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return files
+
+
+@pytest.mark.parametrize("command", ["serve", "token"])
+@pytest.mark.parametrize(("algorithm", "key", "said"), [
+    ("ES256", "missing", "cannot read"),
+    ("ES256", "garbage", "is not a PEM private key"),
+    ("ES256", "rsa", "ES256 needs an EC key"),
+    ("RS256", "ec", "RS256 needs an RSA key"),
+])
+def test_an_unusable_signing_key_is_one_line_and_no_api_key_is_lost(
+    tmp_path: Path, key_files: dict[str, Path], command: str, algorithm: str, key: str, said: str,
+) -> None:
+    """Refused before the embedded defaults run: the one-time local API key is neither printed
+    nor created (it would be lost: it is shown once)."""
+    arguments = ["--port", str(free_port())] if command == "serve" else ["--user", str(uuid.uuid4())]
+    result = subprocess.run(
+        [str(BIN / "favorites"), command, *arguments], cwd=tmp_path, capture_output=True, text=True,
+        env=clean_env(FAVORITES_JWT_ALGORITHM=algorithm,
+                      FAVORITES_JWT_PRIVATE_KEY_FILE=str(key_files[key])), timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("favorites: invalid configuration: FAVORITES_JWT_PRIVATE_KEY_FILE: ")
+    assert said in lines[0]
+    assert result.stdout == ""
+    assert not (tmp_path / "var" / "local-client.json").exists()
 
 
 def test_migrate_command_up_and_down(tmp_path: Path) -> None:

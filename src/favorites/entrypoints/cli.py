@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -33,9 +35,82 @@ def _uuid(value: str) -> UUID:
         raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
 
 
+def _port(value: str) -> int:
+    """1-65535. Not 0 (any free port): the service is meant to be found where it was told to
+    listen (probes, the Service, the demo's curl lines), and nothing would say which port it got."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {port}")
+    return port
+
+
+def _workers(value: str) -> int:
+    """At least one: uvicorn quietly runs one worker for 0 or a negative number."""
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {workers}")
+    return workers
+
+
+def _default_workers() -> int:
+    """``WEB_CONCURRENCY`` when ``--workers`` is not given; read here, not when the parser is
+    built, so a bad value stops ``serve`` with one line and no other command."""
+    value = os.environ.get("WEB_CONCURRENCY", "1")
+    try:
+        return _workers(value)
+    except argparse.ArgumentTypeError as exc:
+        print(f"favorites: invalid configuration: WEB_CONCURRENCY: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _os_reason(exc: OSError) -> str:
+    """The system's words for an OSError, without the errno and wrapper text around them."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)  # getaddrinfo errors have negative numbers of their own
+
+
+async def _bind_all(host: str, port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+    server.close()
+    await server.wait_closed()
+
+
+def _listen_problem(host: str, port: int, workers: int) -> str | None:
+    """Why uvicorn would not be able to listen on ``host:port``, found by binding the way it will
+    and closing again, or None.
+
+    Uvicorn itself logs only the system's message (no host, no port) as a JSON line on stdout,
+    after the application has started up in vain, and exits 3 with nothing on stderr.
+    """
+    try:
+        if workers > 1:  # the supervisor binds one socket for all workers, as uvicorn does
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+        else:  # one process: the event loop listens on every address the host resolves to
+            asyncio.run(_bind_all(host, port))
+    except OSError as exc:
+        return _os_reason(exc)
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from favorites.observability import multiproc
 
+    if args.workers is None:
+        args.workers = _default_workers()
     if args.workers == 1 and multiproc.directory() is None:
         return _serve(args)  # one process: plain in-memory metrics, cheaper per request
     # First: prometheus-client fixes its multiprocess mode when imported (workers inherit this).
@@ -61,6 +136,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"favorites: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    problem = _listen_problem(args.host, args.port, args.workers)
+    if problem is not None:
+        print(f"favorites: cannot listen on {_address(args.host, args.port)}: {problem}",
+              file=sys.stderr)
+        return 2
     defaults = embedded.resolve(settings)
     if is_sqlite(defaults.database_url):
         migrate.upgrade(defaults.database_url)
@@ -81,6 +161,14 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["WEB_CONCURRENCY"] = str(args.workers)
     try:
         _run_uvicorn(args, settings, uvicorn_log_config(settings.log_level))
+    except SystemExit as exc:
+        if exc.code in (None, 0):
+            raise
+        # The port was taken since the check above, or the application did not start: uvicorn
+        # has logged why; say which server it was where an operator looks first.
+        print(f"favorites: the server on {_address(args.host, args.port)} did not start "
+              "(its log says why)", file=sys.stderr)
+        raise
     finally:
         if admin is not None:
             admin[0].shutdown()
@@ -124,18 +212,66 @@ def _print_demo(settings: Settings, defaults: embedded.EmbeddedDefaults, host: s
     sys.stdout.flush()
 
 
+#: SQLSTATEs (classes by their first two characters) that say the database cannot be used as
+#: configured, not that the program is wrong: connection (08), login or role (28), no such
+#: database (3D) or schema (3F), missing privilege (42501), read-only server (25006), too many
+#: connections or a full disk (53), a server shutting down or starting up (57P).
+_UNUSABLE_SQLSTATES = ("08", "28", "3D", "3F", "42501", "25006", "53", "57P")
+
+
+def _database_problem(exc: BaseException) -> str | None:
+    """The first line of what went wrong when ``exc`` is the database's or the network's fault
+    rather than a bug (which keeps its traceback), else None."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, OSError):  # refused, unknown host, timeout, a path SQLite cannot use
+        return _os_reason(exc)
+    if isinstance(exc, DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        if isinstance(exc, OperationalError | InterfaceError) or (
+            sqlstate and sqlstate.startswith(_UNUSABLE_SQLSTATES)
+        ):
+            text = str(exc.orig).strip() or type(exc.orig).__name__
+            return text.splitlines()[0]
+    return None
+
+
+def _masked(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # settings validated it; never print an unparsed URL with its password
+        return "FAVORITES_DATABASE_URL"
+
+
+@contextmanager
+def _database(url: str) -> Iterator[None]:
+    """A database that cannot be used (missing, wrong role or password, unreachable) is for the
+    operator to fix: one line naming it, password masked, exit 2, not a driver traceback."""
+    try:
+        yield
+    except Exception as exc:
+        problem = _database_problem(exc)
+        if problem is None:
+            raise
+        print(f"favorites: cannot use the database {_masked(url)}: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from favorites.adapters.db import migrate
 
     settings = _settings()
     url = embedded.resolve(settings).database_url
-    if args.direction == "down":
-        if not args.revision:
-            print("favorites migrate down needs a revision (e.g. base)", file=sys.stderr)
-            return 2
-        migrate.downgrade(url, args.revision)
-    else:
-        migrate.upgrade(url, args.revision or "head")
+    if args.direction == "down" and not args.revision:
+        print("favorites migrate down needs a revision (e.g. base)", file=sys.stderr)
+        return 2
+    with _database(url):
+        if args.direction == "down":
+            migrate.downgrade(url, args.revision)
+        else:
+            migrate.upgrade(url, args.revision or "head")
     return 0
 
 
@@ -150,16 +286,29 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_ids(lines: Iterable[str]) -> list[UUID]:
+def _bad_input(message: str) -> SystemExit:
+    """A file or argument the user gave is wrong: exit 2 like any usage error, nothing written."""
+    print(f"favorites: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def _read_ids(name: str, lines: Iterable[bytes]) -> list[UUID]:
+    """Every id of the file, or the first bad line named; decoded line by line so that a file
+    that is not UTF-8 text is reported at its line too."""
     ids = []
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _bad_input(f"{name}: line {number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                             f"at position {exc.start + 1})") from None
+        text = (line.removeprefix("\ufeff") if number == 1 else line).strip()  # a BOM, if any
         if not text or text.startswith("#"):
             continue
         try:
             ids.append(_uuid(text))
         except argparse.ArgumentTypeError:
-            raise SystemExit(f"favorites: line {number}: not a UUID: {text[:60]!r}") from None
+            raise _bad_input(f"{name}: line {number}: not a UUID: {text[:60]!r}") from None
     return ids
 
 
@@ -180,24 +329,27 @@ def cmd_products(args: argparse.Namespace) -> int:
     from favorites.adapters.db import migrate
     from favorites.adapters.db.engine import is_sqlite
 
+    # The whole input is read and checked before anything is written: a bad line imports nothing.
     if args.action == "add":
         ids = list(args.ids)
     elif args.file == "-":
-        ids = _read_ids(sys.stdin)
+        ids = _read_ids("standard input", sys.stdin.buffer)
     else:
-        with Path(args.file).open(encoding="utf-8") as handle:
-            ids = _read_ids(handle)
+        with Path(args.file).open("rb") as handle:
+            ids = _read_ids(args.file, handle)
+    ids = list(dict.fromkeys(ids))  # the same product twice is one product
     settings = _settings()
     url = embedded.resolve(settings).database_url
-    if is_sqlite(url):
-        migrate.upgrade(url)
     from favorites.domain.errors import CatalogIsExternal
 
-    try:
-        created = asyncio.run(_register(ids))
-    except CatalogIsExternal as exc:
-        raise SystemExit(f"favorites: {exc.detail}") from None
-    print(f"{len(ids)} products registered ({created} new)")
+    with _database(url):
+        if is_sqlite(url):
+            migrate.upgrade(url)
+        try:
+            created = asyncio.run(_register(ids))
+        except CatalogIsExternal as exc:
+            raise SystemExit(f"favorites: {exc.detail}") from None
+    print(f"{len(ids)} product{'' if len(ids) == 1 else 's'} registered ({created} new)")
     return 0
 
 
@@ -206,7 +358,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     url = embedded.resolve(_settings()).database_url
     try:
-        result = asyncio.run(partition_favorites(url, args.partitions, keep_old=args.keep_old))
+        with _database(url):
+            result = asyncio.run(partition_favorites(url, args.partitions, keep_old=args.keep_old))
     except PartitionError as exc:
         print(f"favorites partition: {exc}", file=sys.stderr)
         return 1
@@ -219,16 +372,25 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_flags(args: argparse.Namespace) -> int:
-    """Check a flag file before it is rolled out: the pods would keep their last good flags."""
+    """Check a flag file before it is rolled out: the pods would keep their last good flags.
+
+    Flags the service does not know are a warning, not an error: the service ignores them, and
+    one file may serve two versions during a rollout (a flag defined before the version that
+    reads it, or kept after the one that read it). The warning catches a misspelt name, which
+    would otherwise leave the real flag at its default without a word.
+    """
     from favorites.adapters.flags import FlagsFileError, OpenFeatureFlags, check_flags_file
     from favorites.domain.flags import DEFAULTS
 
     path = Path(args.file)
     try:
-        check_flags_file(path)
+        unknown = check_flags_file(path)
     except FlagsFileError as exc:
         print(f"favorites flags: {exc}", file=sys.stderr)
         return 2
+    if unknown:
+        print(f"favorites flags: warning: {path}: not flags of this service, never asked for: "
+              f"{', '.join(unknown)} (it knows: {', '.join(sorted(DEFAULTS))})", file=sys.stderr)
     if args.user is None:
         print(f"{path}: valid")
         return 0
@@ -250,8 +412,9 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="migrate the embedded database if needed and serve")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    serve.add_argument("--port", type=_port, default=8000, help="1-65535 (default: 8000)")
+    serve.add_argument("--workers", type=_workers, metavar="N",
+                       help="worker processes, at least 1 (default: $WEB_CONCURRENCY, else 1)")
     serve.set_defaults(func=cmd_serve)
 
     mig = sub.add_parser("migrate", help="Alembic migrations against FAVORITES_DATABASE_URL")

@@ -6,17 +6,19 @@ Real files and the real OpenFeature/flagd evaluator; nothing is faked.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from favorites.adapters.flags import FlagsFileError, OpenFeatureFlags
+from favorites.adapters.flags import FlagsFileError, OpenFeatureFlags, check_flags_file
 from favorites.domain.flags import ENABLE_FAVORITES_V2
 from tests.flagfiles import rollout, write
 
 USERS = [uuid.UUID(int=n * 7919 + 1) for n in range(2000)]
+LOG = "favorites.adapters.flags.openfeature"
 
 
 @pytest.fixture
@@ -156,3 +158,84 @@ def test_yaml_files_are_read_too(tmp_path: Path, started: list[OpenFeatureFlags]
         "    variants: {'on': true, 'off': false}\n    defaultVariant: 'on'\n"
     )
     assert _enabled(_open(path, started)) == set(USERS)
+
+
+async def test_a_file_that_turns_bad_is_one_warning_and_one_info_when_good_again(
+    tmp_path: Path, started: list[OpenFeatureFlags], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an ERROR with a stack trace at every poll while the file stays bad: one WARN saying
+    why, the last good flags kept, and one INFO when a good file is back."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    path = write(tmp_path / "flags.json", rollout(100))
+    flags = _open(path, started)
+    write(path, "{broken")
+
+    async def stale() -> bool:
+        return await flags.readiness() == "stale"
+
+    await _until(stale)
+    await asyncio.sleep(1)  # ten more polls of the bad file
+    assert await flags.readiness() == "stale"
+    assert _enabled(flags) == set(USERS)
+    write(path, rollout(0))
+
+    async def recovered() -> bool:
+        return await flags.readiness() == "ok"
+
+    await _until(recovered)
+    assert _enabled(flags) == set()
+    ours = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOG]
+    assert ours == [
+        (logging.WARNING, "flag file unusable, keeping the last good flags: "
+                          f"{path}: Expecting property name enclosed in double quotes: "
+                          "line 1 column 2 (char 1)"),
+        (logging.INFO, f"flag file valid again, its flags apply: {path}"),
+    ]
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_a_reload_that_start_up_would_refuse_keeps_the_last_good_flags(
+    tmp_path: Path, started: list[OpenFeatureFlags], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider itself loads string variants for a boolean flag, which turns the flag to its
+    default for everyone; the same rules as at start-up apply to each reload."""
+    caplog.set_level(logging.INFO, logger=LOG)
+    path = write(tmp_path / "flags.json", rollout(100))
+    flags = _open(path, started)
+    write(path, '{"flags": {"enable_favorites_v2": {"state": "ENABLED", "variants": {"on": "yes"},'
+                ' "defaultVariant": "on"}}}')
+
+    async def stale() -> bool:
+        return await flags.readiness() == "stale"
+
+    await _until(stale)
+    assert await flags.readiness() == "stale"
+    assert _enabled(flags) == set(USERS)
+    assert [r.getMessage() for r in caplog.records if r.name == LOG] == [
+        f"flag file unusable, keeping the last good flags: {path}: flag enable_favorites_v2: "
+        "every variant must be true or false"]
+
+
+def test_a_file_changed_between_the_check_and_the_start_says_why(tmp_path: Path) -> None:
+    path = write(tmp_path / "flags.json", rollout(100))
+    flags = OpenFeatureFlags(path)
+    write(path, "{broken")
+    with pytest.raises(FlagsFileError, match="Expecting property name"):
+        flags.start()
+
+
+def test_a_yml_file_is_refused_with_the_name_the_provider_reads_as_yaml(tmp_path: Path) -> None:
+    """The flagd provider parses any name but *.yaml as JSON: a .yml file would pass the check
+    and then fail to start (or fail each reload) with a JSON error."""
+    path = tmp_path / "flags.yml"
+    path.write_text("flags: {}\n")
+    with pytest.raises(FlagsFileError, match=r"must be named \*\.yaml"):
+        check_flags_file(path)
+
+
+def test_check_names_the_flags_the_service_does_not_know(tmp_path: Path) -> None:
+    path = write(tmp_path / "flags.json", {"flags": {
+        **rollout(10)["flags"], **rollout(10, "enable_favorites_v3")["flags"],  # type: ignore[dict-item]
+        **rollout(10, "a_typo")["flags"]}})  # type: ignore[dict-item]
+    assert check_flags_file(path) == ["a_typo", "enable_favorites_v3"]
+    assert check_flags_file(write(tmp_path / "known.json", rollout(10))) == []

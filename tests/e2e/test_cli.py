@@ -1,0 +1,336 @@
+"""The command line's answers to bad input and to what it cannot use: arguments out of range, an
+address it cannot listen on, a database it cannot use, a file that is not text, a flag file that
+names flags the service does not know or that breaks while serving. Each is one line on stderr
+naming what is wrong, never a traceback, and never a silent start on something else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import PG_ADMIN_URL
+from tests.e2e.test_served import BIN, _serve, clean_env, free_port
+from tests.flagfiles import rollout, write
+
+FAVORITES = str(BIN / "favorites")
+PG_BASE = PG_ADMIN_URL.rsplit("/", 1)[0]
+
+
+def run(cwd: Path, *args: str, env: dict[str, str] | None = None,
+        stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([FAVORITES, *args], cwd=cwd, env=env or clean_env(), input=stdin,
+                            capture_output=True, timeout=60)
+    return subprocess.CompletedProcess(result.args, result.returncode,
+                                       result.stdout.decode(), result.stderr.decode())
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port something else already listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+# serve: arguments and the address
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (("--port", "83237"), "argument --port: must be 1-65535, got 83237"),
+    (("--port", "65536"), "argument --port: must be 1-65535, got 65536"),
+    (("--port", "-1"), "argument --port: must be 1-65535, got -1"),
+    (("--port", "0"), "argument --port: must be 1-65535, got 0"),
+    (("--port", "http"), "argument --port: not a port number: 'http'"),
+    (("--workers", "0"), "argument --workers: must be at least 1, got 0"),
+    (("--workers", "-2"), "argument --workers: must be at least 1, got -2"),
+])
+def test_serve_refuses_a_port_out_of_range_and_workers_below_one(
+    tmp_path: Path, args: tuple[str, ...], error: str
+) -> None:
+    """Not a server on port 83237 % 65536, nor one worker for 0: argparse's usage error."""
+    result = run(tmp_path, "serve", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"favorites serve: error: {error}"
+    assert result.stdout == ""
+    assert not (tmp_path / "var").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_a_bad_web_concurrency_stops_serve_with_one_line_and_no_other_command(
+    tmp_path: Path, value: str
+) -> None:
+    env = clean_env(WEB_CONCURRENCY=value)
+    line = one_line(run(tmp_path, "serve", "--port", str(free_port()), env=env))
+    assert line.startswith("favorites: invalid configuration: WEB_CONCURRENCY: ")
+    assert run(tmp_path, "token", "--user", str(uuid.uuid4()), env=env).returncode == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_names_a_host_it_cannot_resolve_on_stderr(tmp_path: Path, workers: str) -> None:
+    port = free_port()
+    result = run(tmp_path, "serve", "--host", "nosuchhost.invalid", "--port", str(port),
+                 "--workers", workers)
+    assert result.returncode == 2
+    assert one_line(result) == (f"favorites: cannot listen on nosuchhost.invalid:{port}: "
+                                "Name or service not known")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_names_an_address_in_use_on_stderr(
+    tmp_path: Path, listening: int, workers: str
+) -> None:
+    result = run(tmp_path, "serve", "--port", str(listening), "--workers", workers)
+    assert result.returncode == 2
+    assert one_line(result) == (f"favorites: cannot listen on 127.0.0.1:{listening}: "
+                                "Address already in use")
+
+
+def test_a_port_taken_after_the_check_still_says_so_on_stderr(
+    tmp_path: Path, listening: int
+) -> None:
+    """The port can be taken between the check and uvicorn's own bind: uvicorn's JSON log line
+    and exit status stay, and stderr names the address."""
+    code = ("import sys, favorites.entrypoints.cli as cli\n"
+            "cli._listen_problem = lambda *args: None\n"
+            f"sys.exit(cli.main(['serve', '--port', '{listening}']))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=clean_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert one_line(result) == (f"favorites: the server on 127.0.0.1:{listening} did not start "
+                                "(its log says why)")
+    assert "address already in use" in result.stdout
+
+
+# migrate, products: a database that cannot be used
+
+
+class RefusingPostgres:
+    """A server that answers every login as PostgreSQL does a wrong password (28P01)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # the client went away
+                self._refuse(conn)
+
+    @staticmethod
+    def _read(conn: socket.socket) -> bytes:
+        (length,) = struct.unpack("!i", conn.recv(4, socket.MSG_WAITALL))
+        return conn.recv(length - 4, socket.MSG_WAITALL)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        message = self._read(conn)
+        if message == struct.pack("!i", 80877103):  # SSLRequest: no TLS here
+            conn.sendall(b"N")
+            self._read(conn)  # the startup message
+        fields = b"".join(key + value.encode() + b"\0" for key, value in (
+            (b"S", "FATAL"), (b"V", "FATAL"), (b"C", "28P01"),
+            (b"M", 'password authentication failed for user "postgres"')))
+        conn.sendall(b"E" + struct.pack("!i", 4 + len(fields) + 1) + fields + b"\0")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def refusing_postgres() -> Iterator[RefusingPostgres]:
+    server = RefusingPostgres()
+    yield server
+    server.close()
+
+
+def _unusable(kind: str, refusing: RefusingPostgres) -> tuple[str, str]:
+    """A database URL with a password, and what the one line must say about it."""
+    missing = f"favorites_missing_{uuid.uuid4().hex[:8]}"
+    role = f"favorites_nobody_{uuid.uuid4().hex[:8]}"
+    host_port = PG_BASE.split("@", 1)[1]
+    return {
+        "missing database": (f"postgresql://postgres:hunter2@{host_port}/{missing}",
+                             f'database "{missing}" does not exist'),
+        "missing role": (f"postgresql://{role}:hunter2@{host_port}/postgres",
+                         f'role "{role}" does not exist'),
+        "wrong password": (f"postgresql://postgres:hunter2@127.0.0.1:{refusing.port}/postgres",
+                           'password authentication failed for user "postgres"'),
+        "closed port": (f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/postgres",
+                        "Connection refused"),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["missing database", "missing role", "wrong password",
+                                  "closed port"])
+@pytest.mark.parametrize("command", [("migrate", "up"), ("migrate", "down", "base"),
+                                     ("products", "add", "ID"), ("products", "import", "-")])
+def test_a_database_that_cannot_be_used_is_one_line_naming_it_without_its_password(
+    tmp_path: Path, refusing_postgres: RefusingPostgres, kind: str, command: tuple[str, ...]
+) -> None:
+    url, reason = _unusable(kind, refusing_postgres)
+    product = str(uuid.uuid4())
+    result = run(tmp_path, *(product if arg == "ID" else arg for arg in command),
+                 env=clean_env(FAVORITES_DATABASE_URL=url), stdin=product.encode())
+    assert result.returncode == 2
+    masked = url.replace(":hunter2@", ":***@")
+    assert one_line(result) == f"favorites: cannot use the database {masked}: {reason}"
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_a_role_without_the_right_to_create_tables_is_one_line(tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    database, role = f"favorites_cli_{suffix}", f"favorites_cli_{suffix}"
+
+    async def admin(*statements: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE ROLE "{role}" LOGIN', f'CREATE DATABASE "{database}"'))
+    try:
+        url = f"postgresql://{role}@{PG_BASE.split('@', 1)[1]}/{database}"
+        result = run(tmp_path, "migrate", env=clean_env(FAVORITES_DATABASE_URL=url))
+        assert result.returncode == 2
+        assert one_line(result) == (f"favorites: cannot use the database {url}: "
+                                    "permission denied for schema public")
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                          f'DROP ROLE IF EXISTS "{role}"'))
+
+
+def test_token_needs_no_database(tmp_path: Path) -> None:
+    """It signs with the configured key; an unusable database does not stop it."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    result = run(tmp_path, "token", "--user", str(uuid.uuid4()),
+                 env=clean_env(FAVORITES_DATABASE_URL=url))
+    assert result.returncode == 0
+    assert result.stdout.count(".") == 2
+
+
+# products: the input
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    (b"\xff\xfe\n", "line 1: not UTF-8 text (byte 0xff at position 1)"),
+    (f"{uuid.UUID(int=1)}\nabc\xc3(\n".encode("latin-1"),
+     "line 2: not UTF-8 text (byte 0xc3 at position 4)"),
+])
+def test_an_import_file_that_is_not_utf8_names_the_file_and_the_line(
+    tmp_path: Path, content: bytes, error: str
+) -> None:
+    (tmp_path / "ids.txt").write_bytes(content)
+    result = run(tmp_path, "products", "import", "ids.txt")
+    assert result.returncode == 2
+    assert one_line(result) == f"favorites: ids.txt: {error}"
+
+
+def test_a_bad_id_in_a_file_is_a_usage_error_like_on_the_command_line_and_imports_nothing(
+    tmp_path: Path,
+) -> None:
+    good = str(uuid.uuid4())
+    (tmp_path / "ids.txt").write_text(f"{good}\nnot-a-uuid\n")
+    from_file = run(tmp_path, "products", "import", "ids.txt")
+    from_stdin = run(tmp_path, "products", "import", "-", stdin=f"{good}\nnot-a-uuid\n".encode())
+    from_args = run(tmp_path, "products", "add", good, "not-a-uuid")
+    assert (from_file.returncode, from_stdin.returncode, from_args.returncode) == (2, 2, 2)
+    assert one_line(from_file) == "favorites: ids.txt: line 2: not a UUID: 'not-a-uuid'"
+    assert one_line(from_stdin) == "favorites: standard input: line 2: not a UUID: 'not-a-uuid'"
+    assert "not a UUID: 'not-a-uuid'" in from_args.stderr
+    # All or nothing: the good first line was not registered by either import.
+    assert run(tmp_path, "products", "add", good).stdout == "1 product registered (1 new)\n"
+
+
+def test_the_same_product_twice_is_counted_once(tmp_path: Path) -> None:
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert run(tmp_path, "products", "add", first, first.upper()).stdout == (
+        "1 product registered (1 new)\n")
+    (tmp_path / "ids.txt").write_bytes(f"\ufeff{first}\r\n{second}\n{second}\n".encode())
+    assert run(tmp_path, "products", "import", "ids.txt").stdout == (
+        "2 products registered (1 new)\n")
+
+
+# flags
+
+
+def test_flags_check_warns_about_flags_the_service_does_not_know(tmp_path: Path) -> None:
+    """Still valid (exit 0): the service ignores them, and one file may serve two versions of
+    it during a rollout; but a misspelt name is said, with the names it knows."""
+    path = write(tmp_path / "flags.json", {"flags": {
+        **rollout(100)["flags"], **rollout(10, "enable_favorites_v3")["flags"],  # type: ignore[dict-item]
+    }})
+    result = run(tmp_path, "flags", "check", str(path))
+    assert result.returncode == 0
+    assert result.stdout == f"{path}: valid\n"
+    assert one_line(result) == (
+        f"favorites flags: warning: {path}: not flags of this service, never asked for: "
+        "enable_favorites_v3 (it knows: enable_favorites_v2)")
+    known = run(tmp_path, "flags", "check", str(write(tmp_path / "known.json", rollout(10))))
+    assert (known.returncode, known.stderr) == (0, "")
+
+
+def test_a_flag_file_broken_while_serving_is_one_warning_and_the_last_good_flags(
+    tmp_path: Path,
+) -> None:
+    """Served: readiness says ``flags: stale`` while the last good flags still apply, the log
+    has one WARN (no ERROR, no stack trace each second) and one INFO once the file is good."""
+    path = write(tmp_path / "flags.json", rollout(100))
+    env = clean_env(FAVORITES_FLAGS_FILE=str(path))
+    for served in _serve(tmp_path, env=env):
+        token = run(tmp_path, "token", "--user", str(uuid.uuid4()), env=env).stdout.strip()
+        with httpx.Client(base_url=served.base, timeout=5,
+                          headers={"Authorization": f"Bearer {token}"}) as http:
+            assert http.get("/v1/users/me/favorites/export").status_code == 200  # v2 on
+            path.write_text("{broken")
+            os.utime(path, (time.time() + 1, time.time() + 1))
+            _until(lambda: http.get("/health/ready").json()["checks"]["flags"] == "stale")
+            time.sleep(3)  # three more polls of the broken file
+            ready = http.get("/health/ready")
+            assert (ready.status_code, ready.json()["status"]) == (200, "degraded")
+            assert http.get("/v1/users/me/favorites/export").status_code == 200  # still on
+            write(path, rollout(0))
+            _until(lambda: http.get("/health/ready").json()["checks"]["flags"] == "ok")
+            assert http.get("/v1/users/me/favorites/export").status_code == 404  # now off
+        log = (tmp_path / "serve.log").read_text()
+        assert log.count('"level":"WARN"') == 1
+        assert log.count("flag file unusable, keeping the last good flags: "
+                         f"{path}: Expecting property name enclosed in double quotes") == 1
+        assert log.count(f"flag file valid again, its flags apply: {path}") == 1
+        assert '"level":"ERROR"' not in log
+        assert "Traceback" not in log
+
+
+def _until(condition: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
