@@ -285,9 +285,13 @@ async def test_no_token_refresh_token_or_api_key_reaches_the_logs(
         secrets += [new["access_token"], new["refresh_token"]]
         reused = await client.post("/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
         assert reused.status_code == 401  # reuse: the family is revoked (and that is logged)
+        # ...with its access tokens: the logout is another family's.
+        other = (await client.post("/v1/auth/tokens", headers=SERVICE,
+                                   json={"user_id": str(user), "roles": ["user"]})).json()
+        secrets += [other["access_token"], other["refresh_token"]]
         logout = await client.post("/v1/auth/logout",
-                                   headers={"Authorization": f"Bearer {new['access_token']}"},
-                                   json={"refresh_token": new["refresh_token"]})
+                                   headers={"Authorization": f"Bearer {other['access_token']}"},
+                                   json={"refresh_token": other["refresh_token"]})
         assert logout.status_code == 204
     captured = capfd.readouterr()
     output = captured.out + captured.err

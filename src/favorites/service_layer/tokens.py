@@ -193,6 +193,6 @@ class TokenService:
             "token family revoked",
             extra={"event": "token.family_revoked", "reason": reason,
                    "userId": str(record.user_id), "familyId": str(record.family_id),
-                   "accessTokensRevoked": len(live)},
+                   "accessRevoked": len(live)},
         )
         return live
