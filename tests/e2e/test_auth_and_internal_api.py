@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
+import asyncpg
 import httpx
 
-from tests.conftest import NARROW_KEY
+from favorites.adapters.db.repository import advisory_key
+from favorites.entrypoints.http.app import create_app
+from tests.conftest import NARROW_KEY, make_settings, started
 from tests.helpers import SERVICE, assert_problem, bearer, new_product
 
 
@@ -199,6 +203,54 @@ async def test_erasure_deletes_favorites_and_tokens(client: httpx.AsyncClient) -
     # The access token issued before the erasure can no longer write favorites back.
     readd = await client.put(f"/v1/users/me/favorites/{products[0]}", headers=_bearer(pair))
     assert "revoked" in assert_problem(readd, 401, "invalid-token")["detail"]
+
+
+async def test_an_erased_users_token_adds_nothing_on_an_instance_that_has_not_heard(
+    client: httpx.AsyncClient, database_url: str, session_tmp: Path,
+) -> None:
+    """Instance B keeps its in-memory revocation list as it was (its pull is stopped, as if the
+    next one were a second away) while A erases the user. B's add with the user's token is
+    still refused: the add asks the database, under the user's lock. Without that, the erased
+    user's favorites came back on B, with an audit row naming the user."""
+    other = create_app(make_settings(database_url, session_tmp))
+    async for b in started(other):
+        await other.state.container.revocations.stop()  # B hears of nothing from now on
+        owner = uuid.uuid4()
+        products = [await new_product(client) for _ in range(3)]
+        pair = await _issue(client, owner)
+        before = await b.put(f"/v1/users/me/favorites/{products[0]}", headers=_bearer(pair))
+        assert before.status_code == 201
+        erased = await client.delete(f"/internal/v1/users/{owner}", headers=SERVICE)
+        assert erased.json() == {"deleted_favorites": 1}
+        single = await b.put(f"/v1/users/me/favorites/{products[1]}", headers=_bearer(pair))
+        assert "revoked" in assert_problem(single, 401, "invalid-token")["detail"]
+        count = await b.get("/v1/users/me/favorites/count", headers=bearer(owner))
+        assert count.json() == {"count": 0}
+        # A removal needs no such check: there is nothing left to remove.
+        removed = await b.delete(f"/v1/users/me/favorites/{products[0]}", headers=_bearer(pair))
+        assert removed.status_code == 204
+
+
+async def test_an_erasure_waits_for_an_add_holding_the_users_lock(postgres_url: str,
+                                                                  session_tmp: Path) -> None:
+    """The erasure takes the user's advisory lock (which every add holds until it commits)
+    before it deletes: an add in flight is either deleted by it or sees its revocations.
+    PostgreSQL's advisory lock; on SQLite every writer holds the database's write lock."""
+    owner = uuid.uuid4()
+    holder = await asyncpg.connect(postgres_url.replace("postgresql://", "postgres://", 1))
+    try:
+        async for client in started(create_app(make_settings(postgres_url, session_tmp))):
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", advisory_key(owner))
+            erasure = asyncio.ensure_future(client.delete(f"/internal/v1/users/{owner}",
+                                                          headers=SERVICE))
+            await asyncio.sleep(0.5)
+            assert not erasure.done()  # waiting for the lock an add would hold
+            await transaction.rollback()
+            assert (await asyncio.wait_for(erasure, 5)).status_code == 200
+    finally:
+        await holder.close()
 
 
 async def test_health_endpoints(client: httpx.AsyncClient) -> None:

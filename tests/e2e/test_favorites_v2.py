@@ -21,7 +21,7 @@ from favorites.config import ConfigError
 from favorites.entrypoints.http.app import create_app
 from tests.conftest import make_settings, started
 from tests.flagfiles import rollout, write
-from tests.helpers import assert_problem, bearer, new_product
+from tests.helpers import SERVICE, assert_problem, bearer, new_product
 
 
 @pytest.fixture
@@ -204,3 +204,24 @@ async def test_bulk_and_export_are_counted_and_logged_as_operations(
     assert moved("export", "success") == 1
     assert '"operation":"bulkFavorites"' in logged
     assert '"operation":"exportFavorites"' in logged
+
+
+async def test_bulk_adds_nothing_with_a_token_an_erasure_revoked_elsewhere(
+    v2: httpx.AsyncClient, database_url: str, tmp_path: Path,
+) -> None:
+    """As for a single add: the instance has not pulled the erasure's revocations (its pull is
+    stopped), and the bulk add still asks the database, under the user's lock."""
+    app = v2.app  # type: ignore[attr-defined]
+    await app.state.container.revocations.stop()
+    owner = uuid.uuid4()
+    issued = await v2.post("/v1/auth/tokens", headers=SERVICE,
+                           json={"user_id": str(owner), "roles": ["user"]})
+    auth = {"Authorization": f"Bearer {issued.json()['access_token']}"}
+    products = [str(await new_product(v2)) for _ in range(2)]
+    async for elsewhere in started(create_app(make_settings(database_url, tmp_path / "a"))):
+        erased = await elsewhere.delete(f"/internal/v1/users/{owner}", headers=SERVICE)
+        assert erased.status_code == 200
+    refused = await v2.post("/v1/users/me/favorites/bulk", json={"add": products}, headers=auth)
+    assert "revoked" in assert_problem(refused, 401, "invalid-token")["detail"]
+    count = await v2.get("/v1/users/me/favorites/count", headers=bearer(owner))
+    assert count.json() == {"count": 0}

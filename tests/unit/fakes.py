@@ -57,9 +57,12 @@ class FakeFavorites:
         return self.s.favorites.pop((user_id, product_id), None) is not None
 
     async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
-                  require_product: bool = False) -> tuple[AddOutcome, Favorite]:
+                  require_product: bool = False,
+                  token_id: str | None = None) -> tuple[AddOutcome, Favorite]:
         if require_product and self.s.products.get(favorite.product_id, 1) is not None:
             return AddOutcome.NO_PRODUCT, favorite
+        if token_id is not None and token_id in self.s.revoked:
+            return AddOutcome.REVOKED, favorite
         existing = await self.get(favorite.user_id, favorite.product_id)
         if existing is not None:
             return AddOutcome.EXISTS, existing
@@ -207,6 +210,9 @@ class FakeRevoked:
 
     async def add(self, jti: str, expires_at: datetime, at: datetime) -> None:
         self.s.revoked.setdefault(jti, (at, expires_at))
+
+    async def is_revoked(self, jti: str) -> bool:
+        return jti in self.s.revoked
 
     async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
         return [(j, exp) for j, (at, exp) in self.s.revoked.items() if at >= since and exp > now]

@@ -61,6 +61,7 @@ class AddOutcome(StrEnum):
     EXISTS = "exists"  # the user had it already: nothing changed
     FULL = "full"  # the user holds the most favorites allowed: nothing changed
     NO_PRODUCT = "no_product"  # asked to check, and the product is unknown or deleted
+    REVOKED = "revoked"  # the access token asking is revoked (an erasure, say): nothing changed
 
 
 @dataclass(frozen=True, slots=True)

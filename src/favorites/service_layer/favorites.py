@@ -12,6 +12,7 @@ from favorites.domain.errors import (
     FavoriteNotFound,
     FavoritesLimitReached,
     FeatureNotEnabled,
+    InvalidToken,
     ProductNotFound,
     ValidationFailed,
 )
@@ -96,7 +97,9 @@ class FavoritesService:
         async with self._uow(user_id=user_id) as uow:
             outcome, favorite = await uow.favorites.add(
                 Favorite(user_id, product_id, now), self._max_per_user, entry,
-                require_product=in_store)
+                require_product=in_store, token_id=principal.token_id)
+            if outcome is AddOutcome.REVOKED:
+                raise InvalidToken("token revoked")
             if outcome is AddOutcome.NO_PRODUCT:
                 raise ProductNotFound(f"product {product_id} does not exist")
             if outcome is AddOutcome.FULL:
@@ -134,6 +137,9 @@ class FavoritesService:
                 # sees these favorites (as for a single add, in favorites_add()).
                 _ensure_known(adds, await uow.products.existing(adds, for_share=True))
             await uow.favorites.lock_user(user_id)
+            if adds and principal.token_id is not None and await uow.revoked_tokens.is_revoked(
+                    principal.token_id):  # under the user's lock, as for a single add
+                raise InvalidToken("token revoked")
             inserted = await uow.favorites.insert_many(user_id, adds, now)
             deleted = await uow.favorites.delete_many(user_id, removes)
             # In the order asked, not the database's.

@@ -29,14 +29,18 @@ class FavoritesRepository(Protocol):
     async def delete(self, user_id: UUID, product_id: UUID) -> bool: ...
 
     async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
-                  require_product: bool = False) -> tuple[AddOutcome, Favorite]:
+                  require_product: bool = False,
+                  token_id: str | None = None) -> tuple[AddOutcome, Favorite]:
         """Add ``favorite`` and record ``audit`` unless the user has that product already (the
         favorite held is returned) or holds ``limit`` favorites; serialised per user. With
         ``require_product``, first NO_PRODUCT unless the product is in the local products table
-        and not deleted (the catalog is that table: see ``Catalog.in_store``).
+        and not deleted (the catalog is that table: see ``Catalog.in_store``). With ``token_id``,
+        REVOKED (nothing changed) when the database lists that access token as revoked, looked
+        up under the user's lock: an instance's in-memory list may be a second behind an
+        erasure, which holds the same lock.
 
         Atomic by itself: as a unit of work's only statement it commits on its own (PostgreSQL
-        runs it as one statement, migration 0005); commit the unit anyway."""
+        runs it as one statement, migration 0007); commit the unit anyway."""
 
     async def remove(self, user_id: UUID, product_id: UUID, audit: AuditEntry,
                      at: datetime) -> bool:
@@ -128,6 +132,10 @@ class RefreshTokenRepository(Protocol):
 
 class RevokedTokenRepository(Protocol):
     async def add(self, jti: str, expires_at: datetime, at: datetime) -> None: ...
+
+    async def is_revoked(self, jti: str) -> bool:
+        """Asked of the database itself, in the unit of work: for writes that must not rely on
+        an instance's in-memory list being up to date (see ``FavoritesRepository.add``)."""
 
     async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
         """Revocations recorded after ``since`` that have not yet expired."""

@@ -41,6 +41,9 @@ class UsersService:
         now = self._clock.now()
         # user_id: the user's next reads go to the primary, not a replica still showing the data.
         async with self._uow(user_id=user_id) as uow:
+            # The user's lock, until the commit: an add running now finishes first (and its
+            # favorite is deleted here), one arriving later sees the revocations below.
+            await uow.favorites.lock_user(user_id)
             deleted = await uow.favorites.delete_all_for_user(user_id)
             live = await uow.refresh_tokens.live_access_tokens_of_user(user_id, now)
             for jti, expires_at in live:

@@ -96,9 +96,9 @@ RECORD_AUDIT = ("INSERT INTO audit_log (occurred_at, actor_id, actor_type, actio
                 " subject_user_id, product_id, request_id, outcome)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
 #: Adding one favorite: product check, lock, look, count, insert and audit in one round trip
-#: (migration 0005).
+#: (migration 0007: with the revoked-token check).
 ADD = ("SELECT result, stored_at"
-       " FROM favorites_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+       " FROM favorites_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
 #: Removing one favorite and its audit row in one statement, so one round trip and atomic alone.
 REMOVE = """
 WITH removed AS (
@@ -275,11 +275,12 @@ class DriverFavoritesRepository(SqlFavoritesRepository):
         return await self._db.fetchval(DELETE, user_id, product_id) is not None
 
     async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
-                  require_product: bool = False) -> tuple[AddOutcome, Favorite]:
+                  require_product: bool = False,
+                  token_id: str | None = None) -> tuple[AddOutcome, Favorite]:
         row = await self._db.fetchrow_alone(
             ADD, advisory_key(favorite.user_id), favorite.user_id, favorite.product_id,
             favorite.created_at, limit, audit.actor_id, audit.actor_type, audit.action.value,
-            audit.subject_user_id, audit.request_id, audit.outcome, require_product)
+            audit.subject_user_id, audit.request_id, audit.outcome, require_product, token_id)
         assert row is not None, "favorites_add returns one row"
         outcome = AddOutcome(row[0])
         if outcome is AddOutcome.EXISTS:

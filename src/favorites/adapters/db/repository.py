@@ -187,8 +187,9 @@ class SqlFavoritesRepository(_Repo):
         return result.first() is not None
 
     async def add(self, favorite: Favorite, limit: int, audit: AuditEntry, *,
-                  require_product: bool = False) -> tuple[AddOutcome, Favorite]:
-        # The steps of favorites_add() (migration 0005), one statement each. Served on SQLite
+                  require_product: bool = False,
+                  token_id: str | None = None) -> tuple[AddOutcome, Favorite]:
+        # The steps of favorites_add() (migration 0007), one statement each. Served on SQLite
         # (PostgreSQL runs the function itself, see ``driver``), whose writing unit of work
         # holds the database's write lock from its start: the product check needs no FOR SHARE.
         if require_product:
@@ -197,6 +198,8 @@ class SqlFavoritesRepository(_Repo):
             if found.first() is None:
                 return AddOutcome.NO_PRODUCT, favorite
         await self.lock_user(favorite.user_id)
+        if token_id is not None and await _is_revoked(self._conn, token_id):
+            return AddOutcome.REVOKED, favorite
         existing = await self.get(favorite.user_id, favorite.product_id)
         if existing is not None:
             return AddOutcome.EXISTS, existing
@@ -313,6 +316,11 @@ class SqlAuditRepository(_Repo):
         return int(subject.rowcount) + int(actor.rowcount)
 
 
+async def _is_revoked(conn: Any, jti: str) -> bool:
+    found = await conn.execute(sa.select(sa.literal(1)).where(revoked_tokens.c.jti == jti))
+    return found.first() is not None
+
+
 class SqlRefreshTokenRepository(_Repo):
     async def lock_family(self, family_id: UUID) -> None:
         if self._pg:  # SQLite writers are already serialised by BEGIN IMMEDIATE
@@ -401,6 +409,9 @@ class SqlRevokedTokenRepository(_Repo):
     async def add(self, jti: str, expires_at: datetime, at: datetime) -> None:
         stmt = self._insert(revoked_tokens).values(jti=jti, expires_at=expires_at, revoked_at=at)
         await self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["jti"]))
+
+    async def is_revoked(self, jti: str) -> bool:
+        return await _is_revoked(self._conn, jti)
 
     async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
         c = revoked_tokens.c
