@@ -69,11 +69,12 @@ def test_first_start_prints_a_working_demo(served: Served) -> None:
     assert "X-API-Key: fav_" in served.output
     token = re.search(r"access token \(1 h\):\s+(\S+)", served.output)
     assert token is not None
-    add = re.search(r"favorites products add (\S+)", served.output)
+    add = re.search(r"^  (\S*favorites) products add (\S+)$", served.output, re.MULTILINE)
     assert add is not None
-    registered = subprocess.run(
-        [str(BIN / "favorites"), "products", "add", add.group(1)], cwd=served.cwd,
-        env=clean_env(), capture_output=True, text=True, check=True,
+    # As printed, in a shell whose PATH may not have the virtualenv (make run, a new terminal).
+    registered = subprocess.run(  # noqa: S602 (the demo's own line, as a user would paste it)
+        add.group(0).strip(), shell=True, cwd=served.cwd,
+        env=clean_env(PATH="/usr/bin:/bin"), capture_output=True, text=True, check=True,
     )
     assert "1 product registered (1 new)" in registered.stdout
     curl = re.search(r"curl -s -X PUT -H 'Authorization: Bearer (\S+)' (\S+)", served.output)
@@ -82,7 +83,7 @@ def test_first_start_prints_a_working_demo(served: Served) -> None:
     assert response.status_code == 201
     listed = httpx.get(f"{served.base}/v1/users/me/favorites",
                        headers={"Authorization": f"Bearer {token.group(1)}"})
-    assert [i["product_id"] for i in listed.json()["items"]] == [add.group(1)]
+    assert [i["product_id"] for i in listed.json()["items"]] == [add.group(2)]
     assert (served.cwd / "var" / "favorites.db").exists()
 
 

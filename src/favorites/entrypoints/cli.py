@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
+import shutil
 import socket
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -195,6 +197,19 @@ def _run_uvicorn(args: argparse.Namespace, settings: Settings, log_config: dict[
     )
 
 
+def _invocation() -> str:
+    """This program as the demo's lines should name it to work as printed: ``favorites`` when
+    that is on PATH and is this program, else the path it was started by (``make run`` starts
+    ``.venv/bin/favorites``, which a fresh shell does not find as ``favorites``)."""
+    invoked = sys.argv[0]
+    if Path(invoked).name != "favorites":
+        return "favorites"
+    found = shutil.which("favorites")
+    if found is not None and Path(found).resolve() == Path(invoked).resolve():
+        return "favorites"
+    return shlex.quote(invoked)
+
+
 def _print_demo(settings: Settings, defaults: embedded.EmbeddedDefaults, host: str,
                 port: int) -> None:
     from favorites.bootstrap import build_jwt
@@ -205,7 +220,7 @@ def _print_demo(settings: Settings, defaults: embedded.EmbeddedDefaults, host: s
     base = f"http://{host}:{port}"
     print(f"Demo user {user}; access token (1 h):\n  {token}")
     print("Try it (registers a demo product, saves it, lists favorites):")
-    print(f"  favorites products add {product}")
+    print(f"  {_invocation()} products add {product}")
     print(f"  curl -s -X PUT -H 'Authorization: Bearer {token}' "
           f"{base}/v1/users/me/favorites/{product}")
     print(f"  curl -s -H 'Authorization: Bearer {token}' {base}/v1/users/me/favorites")
