@@ -279,6 +279,18 @@ async def test_cors_only_for_configured_origins(es256: Es256App, client: httpx.A
     evil = await es256.client.options("/v1/users/me/favorites",
                                       headers={**preflight, "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in evil.headers
+    # Refused as every error is: problem+json with the request id and the security headers.
+    refused = assert_problem(evil, 403, "forbidden")
+    assert refused["request_id"] == evil.headers["x-request-id"]
+    assert refused["instance"] == "/v1/users/me/favorites"
+    assert "Disallowed CORS origin" in refused["detail"]
+    assert evil.headers["x-content-type-options"] == "nosniff"
+    bad_method = await es256.client.options(
+        "/v1/users/me/favorites", headers={**preflight, "Access-Control-Request-Method": "PATCH"})
+    assert "method" in assert_problem(bad_method, 403, "forbidden")["detail"]
+    simple = await es256.client.get("/health/live", headers={"Origin": "https://shop.example"})
+    exposed = {h.strip().lower() for h in simple.headers["access-control-expose-headers"].split(",")}
+    assert {"x-request-id", "www-authenticate", "content-disposition", "retry-after"} <= exposed
     plain = await es256.client.get("/health/live", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in plain.headers
     unconfigured = await client.get("/health/live", headers={"Origin": "https://shop.example"})

@@ -12,7 +12,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -27,6 +26,7 @@ from favorites.domain.errors import (
 )
 from favorites.entrypoints.http import draining, favorites, health, internal, tokens
 from favorites.entrypoints.http.auth import ServiceClients
+from favorites.entrypoints.http.cors import ProblemCORSMiddleware
 from favorites.entrypoints.http.middleware import EdgeMiddleware
 from favorites.entrypoints.http.responses import problem
 from favorites.entrypoints.http.schemas import Problem
@@ -192,12 +192,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(dependency_error, _on_dependency_down)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ProblemCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "PUT", "DELETE", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            # What a browser client needs to read: the export's file name and why a token
+            # was refused too.
             expose_headers=["X-Request-ID", "Location", "RateLimit-Limit", "RateLimit-Remaining",
-                            "RateLimit-Reset", "Retry-After"],
+                            "RateLimit-Reset", "Retry-After", "WWW-Authenticate",
+                            "Content-Disposition"],
             max_age=600,
         )
     app.add_middleware(ObservabilityMiddleware)  # just inside the edge: the request id is known
