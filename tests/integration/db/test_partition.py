@@ -293,7 +293,7 @@ async def _add_while_converting(url: str) -> tuple[str, str]:
         await converter.execute("LOCK TABLE favorites IN SHARE MODE")
         add = asyncio.create_task(adder.fetchrow(
             driver.ADD, advisory_key(user), user, uuid.uuid4(), datetime.now(UTC), 10,
-            str(user), "user", "favorite.added", str(user), "req", "success", False))
+            str(user), "user", "favorite.added", str(user), "req", "success", False, None))
         await asyncio.sleep(0.3)  # the add is queued behind the SHARE lock
         try:
             await converter.execute("ALTER TABLE favorites RENAME TO favorites_swapped")
