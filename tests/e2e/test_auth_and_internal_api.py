@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -231,26 +234,107 @@ async def test_an_erased_users_token_adds_nothing_on_an_instance_that_has_not_he
         assert removed.status_code == 204
 
 
+class _UserLock:
+    """The user's advisory lock held on a connection of its own, as an add, an erasure or a
+    refresh holds it until it commits; ``waiter`` tells when the app is queued behind it (read
+    from ``pg_locks``, not guessed from a sleep)."""
+
+    def __init__(self, conn: asyncpg.Connection, user: uuid.UUID):
+        self.conn, self.key = conn, advisory_key(user)
+
+    async def take(self) -> None:
+        self.transaction = self.conn.transaction()
+        await self.transaction.start()
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1)", self.key)
+
+    async def waiter(self) -> None:
+        key = self.key & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows the key's two unsigned halves
+        for _ in range(500):  # 10 s
+            if await self.conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND classid::bigint = $1 AND objid::bigint = $2",
+                    key >> 32, key & 0xFFFF_FFFF):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("nothing waits for the user's lock: the app never took it")
+
+
+async def _with_user_lock(postgres_url: str, session_tmp: Path
+                          ) -> AsyncIterator[tuple[httpx.AsyncClient, asyncpg.Connection]]:
+    holder = await asyncpg.connect(postgres_url.replace("postgresql://", "postgres://", 1))
+    try:
+        async for client in started(create_app(make_settings(postgres_url, session_tmp))):
+            yield client, holder
+    finally:
+        await holder.close()
+
+
 async def test_an_erasure_waits_for_an_add_holding_the_users_lock(postgres_url: str,
                                                                   session_tmp: Path) -> None:
     """The erasure takes the user's advisory lock (which every add holds until it commits)
     before it deletes: an add in flight is either deleted by it or sees its revocations.
     PostgreSQL's advisory lock; on SQLite every writer holds the database's write lock."""
     owner = uuid.uuid4()
-    holder = await asyncpg.connect(postgres_url.replace("postgresql://", "postgres://", 1))
-    try:
-        async for client in started(create_app(make_settings(postgres_url, session_tmp))):
-            transaction = holder.transaction()
-            await transaction.start()
-            await holder.execute("SELECT pg_advisory_xact_lock($1)", advisory_key(owner))
-            erasure = asyncio.ensure_future(client.delete(f"/internal/v1/users/{owner}",
-                                                          headers=SERVICE))
-            await asyncio.sleep(0.5)
-            assert not erasure.done()  # waiting for the lock an add would hold
-            await transaction.rollback()
-            assert (await asyncio.wait_for(erasure, 5)).status_code == 200
-    finally:
-        await holder.close()
+    async for client, holder in _with_user_lock(postgres_url, session_tmp):
+        lock = _UserLock(holder, owner)
+        await lock.take()
+        erasure = asyncio.ensure_future(client.delete(f"/internal/v1/users/{owner}",
+                                                      headers=SERVICE))
+        await lock.waiter()
+        await lock.transaction.rollback()
+        assert (await asyncio.wait_for(erasure, 5)).status_code == 200
+
+
+async def test_an_add_queued_behind_an_erasure_sees_its_revocation(postgres_url: str,
+                                                                    session_tmp: Path) -> None:
+    """The other order: the add waits for the user's lock while the erasure (here, its
+    revocation of the token) commits; the add then finds the token revoked, though this
+    instance's in-memory list has not heard of it."""
+    owner = uuid.uuid4()
+    async for client, holder in _with_user_lock(postgres_url, session_tmp):
+        product = await new_product(client)
+        pair = await _issue(client, owner)
+        jti = json.loads(base64.urlsafe_b64decode(
+            pair["access_token"].split(".")[1] + "=="))["jti"]
+        lock = _UserLock(holder, owner)
+        await lock.take()
+        add = asyncio.ensure_future(client.put(f"/v1/users/me/favorites/{product}",
+                                               headers=_bearer(pair)))
+        await lock.waiter()
+        await holder.execute("INSERT INTO revoked_tokens (jti, revoked_at, expires_at)"
+                             " VALUES ($1, now(), now() + interval '1 hour')", jti)
+        await lock.transaction.commit()
+        refused = await asyncio.wait_for(add, 5)
+        assert "revoked" in assert_problem(refused, 401, "invalid-token")["detail"]
+        assert await holder.fetchval("SELECT count(*) FROM favorites WHERE user_id = $1",
+                                     owner) == 0
+
+
+async def test_a_refresh_queued_behind_an_erasure_finds_its_token_gone(
+        postgres_url: str, session_tmp: Path) -> None:
+    """A refresh takes the user's lock too (after its family's): one that arrives while an
+    erasure holds it finds the refresh token deleted, instead of inserting a pair that the
+    erasure's delete, begun earlier, does not see and that outlives it."""
+    owner = uuid.uuid4()
+    async for client, holder in _with_user_lock(postgres_url, session_tmp):
+        pair = await _issue(client, owner)
+        lock = _UserLock(holder, owner)
+        await lock.take()
+        refresh = asyncio.ensure_future(client.post(
+            "/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]}))
+        await lock.waiter()
+        await holder.execute("DELETE FROM refresh_tokens WHERE user_id = $1", owner)
+        await lock.transaction.commit()
+        assert_problem(await asyncio.wait_for(refresh, 5), 401, "invalid-token")
+        assert await holder.fetchval("SELECT count(*) FROM refresh_tokens WHERE user_id = $1",
+                                     owner) == 0
+        # Issuing waits for the user's lock as well: it is ordered before or after an erasure.
+        await lock.take()
+        issue = asyncio.ensure_future(client.post(
+            "/v1/auth/tokens", headers=SERVICE, json={"user_id": str(owner), "roles": ["user"]}))
+        await lock.waiter()
+        await lock.transaction.rollback()
+        assert (await asyncio.wait_for(issue, 5)).status_code == 201
 
 
 async def test_health_endpoints(client: httpx.AsyncClient) -> None:

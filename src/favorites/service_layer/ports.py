@@ -141,6 +141,19 @@ class RevokedTokenRepository(Protocol):
         """Revocations recorded after ``since`` that have not yet expired."""
 
 
+class Revocations(Protocol):
+    """The revoked access tokens an instance refuses without asking the database."""
+
+    def revoke_locally(self, jti: str, expires_at: int) -> None: ...
+
+
+def revoke_locally(revocations: Revocations, revoked: list[tuple[str, datetime]]) -> None:
+    """After the commit that recorded them: this instance refuses them at once, the others
+    within a pull of the list."""
+    for jti, expires_at in revoked:
+        revocations.revoke_locally(jti, int(expires_at.timestamp()))
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the block without ``commit()`` rolls everything back."""
 

@@ -24,8 +24,10 @@ from favorites.domain.models import AuditAction, AuditEntry, Principal
 from favorites.service_layer.ports import (
     Clock,
     RefreshTokenRecord,
+    Revocations,
     UnitOfWork,
     UnitOfWorkFactory,
+    revoke_locally,
 )
 
 security_log = logging.getLogger("favorites.security")
@@ -38,10 +40,6 @@ class AccessTokenSigner(Protocol):
              token_id: str | None = None) -> tuple[str, int]:
         """Returns the signed token (whose ``jti`` is ``token_id`` when given) and its
         lifetime in seconds."""
-
-
-class Revocations(Protocol):
-    def revoke_locally(self, jti: str, expires_at: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +85,9 @@ class TokenService:
         if not roles or not set(roles) <= ALLOWED_ROLES:
             raise Forbidden("roles must be ['user'] or ['admin']")
         async with self._uow() as uow:
+            # The user's lock, as an erasure holds it: a pair issued meanwhile is either
+            # committed before the erasure reads the user's tokens, or issued after it.
+            await uow.favorites.lock_user(user_id)
             pair = await self._new_pair(uow, uuid4(), user_id, roles)
             await uow.commit()
         return pair
@@ -131,20 +132,24 @@ class TokenService:
         self._revoke_locally(revoked)
 
     def _revoke_locally(self, revoked: list[tuple[str, datetime]]) -> None:
-        """This instance refuses them at once; the others within a sync of the list."""
-        for jti, expires_at in revoked:
-            self._revocations.revoke_locally(jti, int(expires_at.timestamp()))
+        revoke_locally(self._revocations, revoked)
 
     @staticmethod
     async def _locked(uow: UnitOfWork, refresh_token: str) -> RefreshTokenRecord | None:
-        """The token's record, read again once its family is locked: a refresh and a logout of
-        one family run one after the other. Otherwise a logout's revocation of the family missed
-        the token a concurrent refresh was inserting, and that token stayed valid."""
+        """The token's record, read again once its family and then its user are locked.
+
+        The family's lock: a refresh and a logout of one family run one after the other.
+        Otherwise a logout's revocation of the family missed the token a concurrent refresh was
+        inserting, and that token stayed valid. The user's lock, which an erasure holds until
+        it commits: otherwise a refresh the erasure could not see yet inserted a new pair that
+        outlived it (the erasure's delete skips rows committed after it began). Always family,
+        then user; an erasure takes the user's alone, so the two cannot deadlock."""
         token_hash = hash_refresh_token(refresh_token)
         record = await uow.refresh_tokens.get_by_hash(token_hash)
         if record is None:
             return None
         await uow.refresh_tokens.lock_family(record.family_id)
+        await uow.favorites.lock_user(record.user_id)
         return await uow.refresh_tokens.get_by_hash(token_hash)
 
     async def _new_pair(

@@ -8,14 +8,19 @@ from uuid import UUID
 
 from favorites.domain import access
 from favorites.domain.models import AuditAction, AuditEntry, Principal
-from favorites.service_layer.ports import Clock, FavoritesCache, UnitOfWorkFactory
-from favorites.service_layer.tokens import Revocations
+from favorites.service_layer.ports import (
+    Clock,
+    FavoritesCache,
+    Revocations,
+    UnitOfWorkFactory,
+    revoke_locally,
+)
 
 
 class UsersService:
     def __init__(
         self, uow: UnitOfWorkFactory, cache: FavoritesCache, clock: Clock, pseudonym_key: bytes,
-        revocations: Revocations | None = None,
+        revocations: Revocations,
     ):
         self._uow = uow
         self._cache = cache
@@ -56,8 +61,6 @@ class UsersService:
                 self._clock.now(),
             )
             await uow.commit()
-        if self._revocations is not None:
-            for jti, expires_at in live:
-                self._revocations.revoke_locally(jti, int(expires_at.timestamp()))
+        revoke_locally(self._revocations, live)
         await self._cache.invalidate_user(user_id)
         return deleted

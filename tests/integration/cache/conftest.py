@@ -28,6 +28,7 @@ from favorites.service_layer.clock import SystemClock
 from favorites.service_layer.favorites import FavoritesService
 from favorites.service_layer.ports import Catalog
 from favorites.service_layer.products import ProductsService
+from favorites.service_layer.revocation import RevocationList
 from favorites.service_layer.users import UsersService
 from tests.integration.cache.servers import Cluster
 
@@ -218,7 +219,7 @@ def build_instance(engine: AsyncEngine, caches_factory: Any, *,
         favorites=FavoritesService(uow, catalog, caches.favorites, CursorCodec(b"k" * 32), clock,
                                    max_per_user=1000),
         products=ProductsService(uow, catalog, caches.favorites, clock),
-        users=UsersService(uow, caches.favorites, clock, b"p" * 32),
+        users=UsersService(uow, caches.favorites, clock, b"p" * 32, RevocationList(uow, clock)),
         catalog=catalog,
         lookups=lookups,
         breaker_states=states,
