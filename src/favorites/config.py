@@ -123,6 +123,28 @@ class _SecretFileSource(EnvSettingsSource):
         return super().__call__()
 
 
+class _EmptyYieldsToFile(PydanticBaseSettingsSource):
+    """An environment (or ``.env``) source in which a secret set to the empty string does not
+    count when its ``*_FILE`` is set: empty means unset for every setting here, and
+    ``FAVORITES_DATABASE_URL=`` left in a manifest must not hide the mounted
+    ``FAVORITES_DATABASE_URL_FILE`` (outside production it would fall back to SQLite)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: EnvSettingsSource):
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._inner()
+        for name in SECRET_FIELDS:
+            variable = self._inner._apply_case_sensitive(f"{ENV_PREFIX}{name.upper()}_FILE")
+            if values.get(name) == "" and self._inner.env_vars.get(variable):
+                del values[name]
+        return values
+
+
 def _read_key(path: Path, *, private: bool) -> Any:
     kind = "private" if private else "public"
     try:
@@ -252,9 +274,9 @@ class Settings(BaseSettings):
         assert isinstance(dotenv_settings, EnvSettingsSource)  # DotEnvSettingsSource
         return (
             init_settings,
-            env_settings,
+            _EmptyYieldsToFile(settings_cls, env_settings),
             _SecretFileSource(settings_cls, env_settings.env_vars, ""),
-            dotenv_settings,
+            _EmptyYieldsToFile(settings_cls, dotenv_settings),
             _SecretFileSource(settings_cls, dotenv_settings.env_vars, " (in .env)"),
         )
 

@@ -120,6 +120,17 @@ def test_secret_files_follow_the_precedence_of_plain_variables(
     assert settings.database_url == "postgresql://u@environment/db"
 
 
+def test_an_empty_variable_does_not_hide_its_file(
+    monkeypatch: pytest.MonkeyPatch, environment: Path,
+) -> None:
+    """Empty means unset for every setting: ``FAVORITES_DATABASE_URL=`` left in a manifest must
+    not silently fall back to SQLite past the mounted ``FAVORITES_DATABASE_URL_FILE``."""
+    monkeypatch.setenv("FAVORITES_DATABASE_URL", "")
+    monkeypatch.setenv("FAVORITES_DATABASE_URL_FILE",
+                       _file(environment / "database_url", "postgresql://u@from-file/db"))
+    assert load_settings().database_url == "postgresql://u@from-file/db"
+
+
 @pytest.mark.parametrize(("value", "column"), [('[{"name":"a",', 14), ("notjson", 1)])
 def test_malformed_service_clients_json_says_where(
     monkeypatch: pytest.MonkeyPatch, environment: Path, value: str, column: int,
