@@ -92,8 +92,8 @@ def test_serve_names_a_host_it_cannot_resolve_on_stderr(tmp_path: Path, workers:
     result = run(tmp_path, "serve", "--host", "nosuchhost.invalid", "--port", str(port),
                  "--workers", workers)
     assert result.returncode == 2
-    assert one_line(result) == (f"favorites: cannot listen on nosuchhost.invalid:{port}: "
-                                "Name or service not known")
+    # The reason is the resolver's own words, which differ between C libraries.
+    assert one_line(result).startswith(f"favorites: cannot listen on nosuchhost.invalid:{port}: ")
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -147,13 +147,14 @@ class OpenFeatureFlags:
         def handle_error(error_message: str) -> None:
             # What the watcher's own handle_error does, without its log line: the provider
             # reports the error (readiness: stale) and will report ready after the next load.
-            watcher.should_emit_ready_on_success = True
-            watcher.emit_provider_error(
-                ProviderEventDetails(message=error_message, error_code=ErrorCode.PARSE_ERROR))
+            # The line first: whoever sees readiness turn stale finds it logged already.
             if not self._stale:
                 self._stale = True
                 log.warning("flag file unusable, keeping the last good flags: %s",
                             self._reason(error_message))
+            watcher.should_emit_ready_on_success = True
+            watcher.emit_provider_error(
+                ProviderEventDetails(message=error_message, error_code=ErrorCode.PARSE_ERROR))
 
         watcher.handle_error = handle_error  # type: ignore[method-assign]
 
