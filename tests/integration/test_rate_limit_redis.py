@@ -341,6 +341,36 @@ def batching_limiter(url: str, clock: list[float]) -> RedisRateLimiter:
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("flush_interval", [3600, 0.001], ids=["no flush", "flushing"])
+async def test_concurrent_requests_of_one_identity_never_pass_the_limit(
+    shared_redis: str, flush_interval: float,
+) -> None:
+    """SPEC §4: 100/minute is 100, even when the requests arrive at once. While one request's
+    count (or a flush) was on its way to Redis, the others saw neither it nor a new total, took
+    the count for far below the limit and were allowed locally: 95 of 100 concurrent requests
+    passed a limit of 30 on one instance."""
+    clock = [60.0 * (int(time.time() // 60) + 2000) + 1]  # a window no other test uses
+    limiter = RedisRateLimiter(build_storage(shared_redis, False), {"user": RateLimit(30, 60)},
+                               clock=lambda: clock[0], flush_interval=flush_interval)
+    user = str(uuid.uuid4())
+    raw = aioredis.Redis.from_url(shared_redis)
+    try:
+        for burst in (100, 40):  # a second burst after the first has been counted
+            decisions = await asyncio.gather(*(limiter.hit("user", user) for _ in range(burst)))
+            allowed = sum(d.allowed for d in decisions)
+            assert allowed <= 30, f"{allowed} of {burst} allowed at once"
+        await limiter.flush()
+        assert sum(d.allowed for d in decisions) == 0  # the second burst: all over the limit
+        key = f"favorites:ratelimit:user:{user}:{int(clock[0] // 60)}"
+        assert int(await raw.get(key)) >= 30  # every allowed request reached the shared count
+        assert limiter.failures == 0
+    finally:
+        await limiter.close()
+        await raw.delete(f"favorites:ratelimit:user:{user}:{int(clock[0] // 60)}")
+        await raw.aclose()
+
+
+@pytest.mark.redis
 async def test_far_below_the_limit_counts_are_batched_and_the_shared_limit_still_holds(
     shared_redis: str,
 ) -> None:
