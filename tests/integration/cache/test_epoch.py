@@ -92,6 +92,23 @@ async def test_concurrent_bumps_are_coalesced_but_none_is_skipped() -> None:
     assert epoch.fresh
 
 
+async def test_bumps_during_an_outage_are_one_warning_a_minute_with_their_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every write of an outage bumps (coalesced): one WARN line, then DEBUG, not a WARN each."""
+    caplog.set_level(logging.DEBUG, logger="favorites.cache")
+    store = SlowStore()
+    store.release.set()
+    epoch = CacheEpoch(store)
+    await epoch.sync()
+    for _ in range(5):
+        await epoch.bump()
+    assert store.bumps == 5
+    levels = [r.levelname for r in caplog.records if "epoch bumped" in r.getMessage()]
+    assert levels == ["WARNING", "DEBUG", "DEBUG", "DEBUG", "DEBUG"]
+    assert caplog.records[0].getMessage().endswith("bumps since the last such line: 1")
+
+
 async def test_a_failed_bump_keeps_the_instance_off_redis_until_it_is_retried() -> None:
     store = SlowStore()
     store.release.set()

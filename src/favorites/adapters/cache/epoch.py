@@ -36,6 +36,8 @@ from typing import Protocol
 from favorites.tasks import cancel_and_wait
 
 log = logging.getLogger("favorites.cache")
+#: Seconds between two WARN lines about epoch bumps.
+_REPORT_EVERY = 60.0
 
 
 class EpochStore(Protocol):
@@ -72,6 +74,8 @@ class CacheEpoch:
         self._task: asyncio.Task[None] | None = None
         #: Bumps done by this instance (for tests and logs).
         self.bumps = 0
+        self._reported_at = float("-inf")
+        self._reported_bumps = 0
 
     def __repr__(self) -> str:
         return f"CacheEpoch(current={self.current}, fresh={self.fresh})"
@@ -119,8 +123,16 @@ class CacheEpoch:
         self.bumps += 1
         self._bump_failed = False
         self._advance(epoch, started)
-        log.warning("cache epoch bumped to %d after an undelivered invalidation or a new Redis "
-                    "server", epoch)
+        # During an outage every write bumps (coalesced, a few a second): one WARN a minute
+        # with the count, the others DEBUG, so an outage is not a line per write.
+        now = time.monotonic()
+        if now - self._reported_at >= _REPORT_EVERY:
+            log.warning("cache epoch bumped to %d after an undelivered invalidation or a new "
+                        "Redis server; bumps since the last such line: %d", epoch,
+                        self.bumps - self._reported_bumps)
+            self._reported_at, self._reported_bumps = now, self.bumps
+        else:
+            log.debug("cache epoch bumped to %d", epoch)
 
     async def check_server(self) -> None:
         """Bump when Redis is not the server it was at the last poll; never raises. An unreachable

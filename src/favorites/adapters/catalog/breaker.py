@@ -115,8 +115,11 @@ class CircuitBreaker:
 
     def _change(self, new: BreakerState) -> None:
         old, self._state = self._state, new
-        log.warning(
-            "circuit breaker %s: %s -> %s", self.name, old.value, new.value,
+        # One WARN per outage, when it begins; the probes while it lasts (open -> half-open ->
+        # open, every reset_timeout) and the recovery are INFO, as the rate limiter logs them.
+        level = logging.WARNING if old is BreakerState.CLOSED else logging.INFO
+        log.log(
+            level, "circuit breaker %s: %s -> %s", self.name, old.value, new.value,
             extra={"breaker": self.name, "fromState": old.value, "toState": new.value},
         )
         if self._on_state_change is not None:
