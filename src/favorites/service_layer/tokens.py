@@ -104,7 +104,7 @@ class TokenService:
                 revoked = await self._revoke_family(uow, record, request_id,
                                                     reason="refresh token reuse")
                 await uow.commit()
-                self._revoke_locally(revoked)
+                revoke_locally(self._revocations, revoked)
                 raise InvalidToken("refresh token was already used; its family is revoked")
             pair = await self._new_pair(uow, record.family_id, record.user_id, record.roles)
             await uow.commit()
@@ -129,9 +129,6 @@ class TokenService:
                     await uow.revoked_tokens.add(principal.token_id, expires, self._clock.now())
                     revoked.append((principal.token_id, expires))
             await uow.commit()
-        self._revoke_locally(revoked)
-
-    def _revoke_locally(self, revoked: list[tuple[str, datetime]]) -> None:
         revoke_locally(self._revocations, revoked)
 
     @staticmethod
@@ -182,7 +179,7 @@ class TokenService:
         """Revokes the family's refresh tokens and its unexpired access tokens (RFC 9700
         §4.14.2 asks for the former; without the latter, whoever refreshed with a stolen token
         keeps its access token for up to an hour). Returns the access tokens revoked, for
-        ``_revoke_locally`` once committed."""
+        ``revoke_locally`` once committed."""
         now = self._clock.now()
         await uow.refresh_tokens.revoke_family(record.family_id, now)
         live = await uow.refresh_tokens.live_access_tokens(record.family_id, now)

@@ -73,10 +73,12 @@ class EdgeMiddleware:
         if head:  # every GET answers HEAD too: the same status and headers, no body
             scope = {**scope, "method": "GET"}
         incoming = _header(scope, b"x-request-id")
-        if incoming is not None and _VALID_REQUEST_ID.match(incoming.strip(b" \t")):
+        if incoming is not None:
             # White space around a field value is not part of it (RFC 9110 §5.5); the parser
             # drops the leading, not always the trailing.
-            request_id = incoming.strip(b" \t").decode("ascii")
+            incoming = incoming.strip(b" \t")
+        if incoming is not None and _VALID_REQUEST_ID.match(incoming):
+            request_id = incoming.decode("ascii")
         else:
             # A correlation id, not a secret: 128 random bits from the process's generator
             # (seeded from the OS), without uuid4's system call and object per request.
