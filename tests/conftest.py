@@ -26,6 +26,17 @@ SERVICE_KEY = "test-service-key-all-scopes"
 NARROW_KEY = "test-service-key-products-only"
 
 
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """For settings tests: an empty working directory (for ``.env`` and the data directory) and
+    no FAVORITES_* variables from the shell that runs the suite."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith("FAVORITES_"):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
 def service_clients() -> list[ServiceClient]:
     return [
         ServiceClient(name="identity", key_sha256=hashlib.sha256(SERVICE_KEY.encode()).hexdigest(),
