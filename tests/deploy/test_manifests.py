@@ -610,13 +610,23 @@ def test_the_docs_say_prometheus_scrapes_are_not_counted_in_production() -> None
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
         scrapes = [httpx.get(url, timeout=5) for _ in range(3)]
+        elsewhere = [httpx.get(f"http://127.0.0.1:{server.server_port}{path}", timeout=5)
+                     for path in ("/", "/health/ready", "/metrics/", "/favicon.ico")]
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
     assert all(scrape.status_code == 200 for scrape in scrapes)
     assert "# TYPE http_requests_total counter" in scrapes[-1].text
-    assert 'path="/metrics"' not in scrapes[-1].text
+    # Other tests in this process may have scraped an app's own /metrics route; these scrapes
+    # must not add to it.
+    counted = [[line for line in scrape.text.splitlines()
+                if line.startswith("http_requests_total{") and 'path="/metrics"' in line]
+               for scrape in scrapes]
+    assert counted[0] == counted[-1]
+    # Only /metrics: a probe or a scrape pointed at the wrong path must not look healthy.
+    assert [answer.status_code for answer in elsewhere] == [404, 404, 404, 404]
+    assert all("http_requests_total" not in answer.text for answer in elsewhere)
     docs = (DOCS / "observability.md").read_text()
     [row] = [line for line in docs.splitlines() if line.startswith("| `http_requests_total` |")]
     assert "Includes `/health/*` and `/metrics`" not in row

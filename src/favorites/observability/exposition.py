@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -153,6 +154,25 @@ def render(registry: CollectorRegistry) -> bytes:
 
 def start_admin_server(port: int, host: str) -> tuple[Any, threading.Thread]:
     """Serve ``/metrics`` (all workers aggregated) on the admin port from this process."""
-    from prometheus_client import start_http_server
+    from prometheus_client import make_wsgi_app, start_http_server
 
-    return start_http_server(port, addr=host, registry=scrape_registry(tracker()))
+    registry = scrape_registry(tracker())
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    server.set_app(metrics_only(make_wsgi_app(registry)))
+    return server, thread
+
+
+def metrics_only(app: WSGIApplication) -> WSGIApplication:
+    """prometheus-client's server answers every path with the metrics; the admin port answers
+    ``/metrics`` only, so a mistyped scrape path or a probe pointed at the wrong port fails
+    visibly (404) instead of looking healthy."""
+
+    def serve(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            body = b"Not Found: this port serves /metrics only\n"
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    return serve
