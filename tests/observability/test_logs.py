@@ -117,6 +117,32 @@ async def test_an_unhandled_error_is_one_error_line_with_its_stack_trace_and_a_c
     assert len(line["traceId"]) == 32
     assert "Traceback" in line["stackTrace"]
     assert "RuntimeError: kaboom: internal detail" in line["stackTrace"]
+    # The 500 carries the trace like every other answer, marked sampled: errors are kept.
+    version, trace_id, span_id, flags = response.headers["traceparent"].split("-")
+    assert (version, trace_id, len(span_id), flags) == ("00", line["traceId"], 16, "01")
+
+
+async def test_a_refused_body_is_logged_counted_and_traced_like_any_answer(
+    observed: Observed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A body over the limit is refused before the app reads it, yet it is still a request: an
+    operator looking for oversized-body floods finds them in the log and in the metrics."""
+    counted = 'http_requests_total{method="PUT",path="unmatched",status="413"}'
+
+    def count(text: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(counted))
+
+    before = count((await observed.client.get("/metrics")).text)
+    capsys.readouterr()
+    response = await observed.client.put(f"/v1/users/me/favorites/{uuid.uuid4()}",
+                                         content=b"x" * 2048, headers=bearer(uuid.uuid4()))
+    assert response.status_code == 413
+    (line,) = request_lines(log_lines(capsys.readouterr().out), response.headers["x-request-id"])
+    assert (line["level"], line["method"], line["status"]) == ("INFO", "PUT", 413)
+    assert line["traceId"] == response.headers["traceparent"].split("-")[1]
+    after = count((await observed.client.get("/metrics")).text)
+    assert after - before == 1
 
 
 async def test_a_failing_operation_logs_its_stack_trace_once(

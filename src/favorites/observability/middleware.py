@@ -37,6 +37,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_OPERATION = "httpRequest"
+#: ``scope["state"]`` key of the ``traceparent`` header for the 500 that ``EdgeMiddleware``
+#: answers after an exception passed through here: that answer is sent outside this middleware.
+UNHANDLED_ERROR_TRACEPARENT = "unhandled_error_traceparent"
 _ERROR_STATUS = Status(StatusCode.ERROR)
 
 
@@ -105,6 +108,9 @@ class ObservabilityMiddleware:
         except Exception as exc:
             error = exc
             status = 500
+            if state is not None:  # the trace is kept (a 5xx), so the flag says sampled
+                state[UNHANDLED_ERROR_TRACEPARENT] = (
+                    b"traceparent", (traceparent_prefix + "01").encode("ascii"))
             raise
         finally:
             elapsed = time.perf_counter() - started

@@ -27,7 +27,7 @@ from favorites.domain.errors import (
 from favorites.entrypoints.http import draining, favorites, health, internal, tokens
 from favorites.entrypoints.http.auth import ServiceClients
 from favorites.entrypoints.http.cors import ProblemCORSMiddleware
-from favorites.entrypoints.http.middleware import EdgeMiddleware
+from favorites.entrypoints.http.middleware import BodyLimitMiddleware, EdgeMiddleware
 from favorites.entrypoints.http.responses import problem
 from favorites.entrypoints.http.schemas import Problem
 from favorites.observability.middleware import ObservabilityMiddleware
@@ -203,6 +203,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             "Content-Disposition"],
             max_age=600,
         )
+    # Inside observability: a refused body is logged, counted and traced like any answer.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)  # just inside the edge: the request id is known
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, docs=docs)
+    app.add_middleware(EdgeMiddleware, docs=docs)
     return app

@@ -1,8 +1,10 @@
-"""The edge of every request, as one pure ASGI middleware (no BaseHTTPMiddleware).
+"""The edge of every request, as pure ASGI middleware (no BaseHTTPMiddleware).
 
-It assigns the request id, enforces the body limit before the app reads a byte too many, and adds
-the security headers to every response, errors included. Header values are encoded once here, at
-start-up, not per request.
+``EdgeMiddleware``, outermost, assigns the request id, adds the security headers to every
+response, errors included, and answers an unhandled exception with a clean 500.
+``BodyLimitMiddleware`` enforces the body limit before the app reads a byte too many; it sits
+inside ``ObservabilityMiddleware`` so that a refused body is logged, counted and traced like any
+other answer. Header values are encoded once here, at start-up, not per request.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from favorites.domain.errors import FavoritesError, MalformedRequest, PayloadTooLarge
 from favorites.entrypoints.http.responses import PROBLEM_JSON, problem_body
+from favorites.observability.middleware import UNHANDLED_ERROR_TRACEPARENT
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,9 +60,8 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int = 1024, docs: bool = False):
+    def __init__(self, app: ASGIApp, *, docs: bool = False):
         self.app = app
-        self.max_body = max_body_bytes
         self.docs = docs
         self._headers = list(SECURITY_HEADERS)
         self._docs_headers = [h for h in self._headers if h[0] != b"content-security-policy"]
@@ -105,21 +107,35 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            try:
-                receive = await self._bounded_body(scope, receive)
-            except FavoritesError as error:
-                await self._reject(scope, send_with_headers, error, request_id)
-                return
-            try:
-                await self.app(scope, receive, send_with_headers)
-            except Exception:
-                # Every 5xx is a bug: log it whole, answer without a trace of it.
-                log.exception("unhandled error", extra={"path": scope["path"]})
-                if not started:
-                    await self._reject(scope, send_with_headers, FavoritesError(
-                        "the request failed; quote the request id when reporting it"), request_id)
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Every 5xx is a bug: log it whole, answer without a trace of it.
+            log.exception("unhandled error", extra={"path": scope["path"]})
+            if not started:
+                traceparent = state.get(UNHANDLED_ERROR_TRACEPARENT)
+                await reject(scope, send_with_headers, FavoritesError(
+                    "the request failed; quote the request id when reporting it"), request_id,
+                    () if traceparent is None else (traceparent,))
         finally:
             request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int = 1024):
+        self.app = app
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            receive = await self._bounded_body(scope, receive)
+        except FavoritesError as error:
+            state = scope.get("state") or {}
+            await reject(scope, send, error, state.get("request_id", "-"))
+            return
+        await self.app(scope, receive, send)
 
     async def _bounded_body(self, scope: Scope, receive: Receive) -> Receive:
         """Read at most ``max_body`` + 1 bytes, then replay them; chunked bodies included."""
@@ -150,21 +166,25 @@ class EdgeMiddleware:
         whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         return _replay([whole], receive)
 
-    async def _reject(
-        self, scope: Scope, send: Send, error: FavoritesError, request_id: str
-    ) -> None:
-        body = problem_body(
-            type_uri=error.type_uri, title=error.title, status=error.status, detail=error.detail,
-            instance=scope["path"], request_id=request_id,
-        )
-        headers = [
-            (b"content-type", PROBLEM_JSON.encode()),
-            (b"content-length", str(len(body)).encode()),
-            # The unread rest of the body makes the connection unusable for another request.
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+
+async def reject(
+    scope: Scope, send: Send, error: FavoritesError, request_id: str,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """Answer ``error`` as problem+json from middleware, outside the app's exception handlers."""
+    body = problem_body(
+        type_uri=error.type_uri, title=error.title, status=error.status, detail=error.detail,
+        instance=scope["path"], request_id=request_id,
+    )
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        # The unread rest of a body makes the connection unusable for another request.
+        (b"connection", b"close"),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(messages: list[Message], then: Receive) -> Receive:
