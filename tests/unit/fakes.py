@@ -7,7 +7,7 @@ is exercised too.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -237,6 +237,9 @@ class FakeUnitOfWork:
         self._db.state = self._work
         self._db.commits += 1
 
+    def wrote_for(self, user_ids: Iterable[UUID]) -> None:
+        self._db.also_wrote.extend(user_ids)
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
@@ -249,6 +252,7 @@ class FakeDatabase:
         self.state = State()
         self.commits = 0
         self.readonly_calls: list[UUID | None] = []
+        self.also_wrote: list[UUID] = []
 
     def __call__(self, *, readonly: bool = False, user_id: UUID | None = None) -> FakeUnitOfWork:
         if readonly:

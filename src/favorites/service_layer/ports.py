@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -182,6 +182,10 @@ class UnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None: ...
+
+    def wrote_for(self, user_ids: Iterable[UUID]) -> None:
+        """Users whose favorites this write changes though it is not theirs (a product's purge):
+        once it commits, their reads skip the replicas for a while too (read-your-writes)."""
 
 
 class UnitOfWorkFactory(Protocol):

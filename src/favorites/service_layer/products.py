@@ -80,6 +80,7 @@ class ProductsService:
         while True:
             async with self._uow() as uow:
                 users = await uow.favorites.delete_batch_for_product(product_id, DELETE_BATCH)
+                uow.wrote_for(users)  # a lagging replica must not show them the product still
                 await uow.commit()
             for user_id in users:
                 await self._cache.invalidate_user(user_id)

@@ -8,7 +8,7 @@ import asyncio
 import os
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -153,6 +153,9 @@ class _UnitOfWork:
 
     async def commit(self) -> None:
         await self._inner.commit()
+
+    def wrote_for(self, user_ids: Iterable[uuid.UUID]) -> None:
+        self._inner.wrote_for(user_ids)
 
 
 class ProbedUnitOfWorkFactory:

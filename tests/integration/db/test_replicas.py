@@ -24,7 +24,7 @@ from favorites.adapters.db import migrate
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.recent_writers import RedisRecentWriters
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
-from favorites.domain.models import Favorite
+from favorites.domain.models import Favorite, Principal, PrincipalKind
 from tests.conftest import make_settings
 from tests.integration.db.cluster import StreamingCluster, available
 from tests.integration.db.helpers import free_ports, user
@@ -88,6 +88,20 @@ def primary_count(cluster: StreamingCluster, product_id: uuid.UUID) -> int:
     return int(row[0])
 
 
+async def settled_favorite(
+    cluster: StreamingCluster, container: bootstrap.Container, owner: Principal
+) -> uuid.UUID:
+    """A new product favorited by ``owner``, replayed on the replica, and the owner's
+    read-your-writes window over: their reads go to the replica again."""
+    assert owner.user_id is not None
+    product = uuid.uuid4()
+    await container.products.register_many([product])
+    await container.favorites.add(owner, owner.user_id, product)
+    cluster.wait_for_replay()
+    await asyncio.sleep(WINDOW + 0.1)
+    return product
+
+
 async def test_the_replica_is_a_streaming_standby_and_reads_go_to_it(
     cluster: StreamingCluster, container: bootstrap.Container
 ) -> None:
@@ -144,16 +158,34 @@ async def test_a_removal_marks_the_user_too(
 ) -> None:
     carol = user()
     assert carol.user_id is not None
-    product = uuid.uuid4()
-    await container.products.register_many([product])
-    await container.favorites.add(carol, carol.user_id, product)
-    cluster.wait_for_replay()
-    await asyncio.sleep(WINDOW + 0.1)
+    product = await settled_favorite(cluster, container, carol)
     cluster.pause_replay()
     try:
         assert await container.favorites.remove(carol, carol.user_id, product)
         assert (await container.favorites.list_page(carol, carol.user_id)).items == []
         assert await container.favorites.count_for_product(user(), product) == 1  # replica
+    finally:
+        cluster.resume_replay()
+
+
+async def test_a_product_purge_marks_every_user_it_removed_a_favorite_of(
+    cluster: StreamingCluster, container: bootstrap.Container
+) -> None:
+    """The purge writes other users' favorites: each of them must not find the deleted product
+    still listed by a lagging replica, as if their own removal had not happened."""
+    dave, erin = user(), user()
+    assert dave.user_id is not None
+    product = await settled_favorite(cluster, container, dave)
+    catalog = Principal(PrincipalKind.SERVICE, "catalog", scopes=frozenset({"products:write"}))
+    cluster.pause_replay()
+    try:
+        await container.products.delete(catalog, product)
+        assert await container.products.purge_favorites(product) == 1
+        assert primary_count(cluster, product) == 0
+        assert (await container.favorites.list_page(dave, dave.user_id)).items == []
+        assert await container.favorites.count(dave, dave.user_id) == 0
+        # a user the purge did not touch still reads the frozen replica
+        assert await container.favorites.count_for_product(erin, product) == 1
     finally:
         cluster.resume_replay()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 from uuid import UUID
@@ -63,6 +63,10 @@ class SqlUnitOfWork:
         self._driver: DriverConnection | None = None
         self._transaction: DriverTransaction | None = None
         self._committed = False
+        self._also_wrote: list[UUID] = []
+
+    def wrote_for(self, user_ids: Iterable[UUID]) -> None:
+        self._also_wrote.extend(user_ids)
 
     async def __aenter__(self) -> Self:
         if self._router is None:
@@ -131,9 +135,11 @@ class SqlUnitOfWork:
         await self._release(conn)
         # After the connection is back in the pool, before the caller answers: the user's
         # next reads skip the replicas for a while (read-your-writes).
-        if (self._committed and not self._readonly and self._router is not None
-                and self._user_id is not None):
-            await self._router.wrote(self._user_id)
+        if self._committed and not self._readonly and self._router is not None:
+            if self._user_id is not None:
+                await self._router.wrote(self._user_id)
+            for user_id in self._also_wrote:
+                await self._router.wrote(user_id)
 
 
 class SqlUnitOfWorkFactory:
