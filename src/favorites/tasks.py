@@ -9,6 +9,20 @@ from typing import Any
 log = logging.getLogger("favorites.tasks")
 
 
+def stop_if_cancelled() -> None:
+    """Raise ``CancelledError`` in a background loop whose stop was asked for but lost.
+
+    A library may swallow a cancellation that lands while it waits: redis-py's ``INFO`` was seen
+    to return normally after one, and 4 of 300 stops of the cache epoch's poll loop in a stress
+    run hung that way. The task is then still marked as cancelling, but nothing raises, so the
+    loop would poll on for ever, and ``cancel_and_wait`` (a worker's shutdown) would wait for it.
+    Loops call this at the top of each round.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel ``task`` and wait until it has finished unwinding, so nothing it holds (a pooled
     connection, a half-sent batch) outlives the object that stops it. ``None`` is a no-op."""

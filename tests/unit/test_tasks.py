@@ -1,13 +1,15 @@
-"""``cancel_and_wait``: how every background task of the service is stopped."""
+"""``cancel_and_wait``: how every background task of the service is stopped; ``stop_if_cancelled``:
+how a loop stops when a library lost the cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
 
-from favorites.tasks import cancel_and_wait
+from favorites.tasks import cancel_and_wait, stop_if_cancelled
 
 
 async def test_the_task_is_cancelled_and_has_unwound_when_it_returns() -> None:
@@ -83,3 +85,36 @@ async def test_a_task_that_had_failed_is_logged_and_the_stop_goes_on(
     assert record.getMessage() == "background task epoch-sync had failed"
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], RuntimeError)
+
+
+async def swallowing_call(started: asyncio.Event) -> None:
+    """A dependency call that loses a cancellation landing while it waits and returns normally,
+    as redis-py's ``INFO`` was seen to."""
+    started.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(60)
+
+
+async def test_a_loop_stops_even_when_a_call_it_makes_swallows_the_cancellation() -> None:
+    started = asyncio.Event()
+    steps = 0
+
+    async def poll_loop() -> None:
+        nonlocal steps
+        while True:
+            stop_if_cancelled()
+            steps += 1
+            await swallowing_call(started)
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(poll_loop())
+    await started.wait()
+    async with asyncio.timeout(5):
+        await cancel_and_wait(task)
+    assert task.cancelled()
+    assert steps == 1  # it did not poll on after the lost cancellation
+
+
+async def test_outside_a_cancelled_task_it_does_nothing() -> None:
+    stop_if_cancelled()
+    assert await asyncio.create_task(asyncio.sleep(0, "ran")) == "ran"

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from favorites.domain.errors import DependencyUnavailable
 from favorites.service_layer.ports import Clock, UnitOfWorkFactory
-from favorites.tasks import cancel_and_wait
+from favorites.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("favorites.revocation")
 
@@ -79,6 +79,7 @@ class RevocationList:
 
     async def _run(self) -> None:
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(self._interval)
             try:
                 await self.sync()

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from favorites.tasks import cancel_and_wait
+from favorites.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("favorites.cache")
 #: Seconds between two WARN lines about epoch bumps.
@@ -178,6 +178,7 @@ class CacheEpoch:
     async def _run(self) -> None:
         failing = False
         while True:
+            stop_if_cancelled()
             # Not ``asyncio.wait_for``: on Python 3.11, when the wait ends in the same turn of
             # the loop as a cancellation (``require_sync`` during shutdown), it returns and the
             # cancellation is lost, so ``stop`` would wait for this loop forever.

@@ -45,7 +45,7 @@ from redis.backoff import NoBackoff
 from favorites.adapters.ratelimit.memory import InProcessRateLimiter
 from favorites.adapters.ratelimit.port import Decision, RateLimit, Scope
 from favorites.deadlines import deadline
-from favorites.tasks import cancel_and_wait
+from favorites.tasks import cancel_and_wait, stop_if_cancelled
 
 log = logging.getLogger("favorites.ratelimit")
 
@@ -283,6 +283,7 @@ class RedisRateLimiter:
 
     async def _flush_forever(self) -> None:
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(self._flush_interval)
             await self.flush()
 
