@@ -112,6 +112,12 @@ class FirstPage:
         start = _HEADER + 2 * self._count
         return self._payload[start : start + self._ends[count - 1]]
 
+    def includes(self, product_id: UUID) -> bool:
+        """Whether the page lists ``product_id``: found in the JSON as every page renders it
+        (canonical lower-case id, no white space), without decoding."""
+        needle = b'"product_id":"' + str(product_id).encode() + b'"'
+        return self._payload.find(needle, _HEADER + 2 * self._count) >= 0
+
     def favorites(self, limit: int) -> list[Favorite]:
         """The first ``limit`` favorites as objects (decoded on demand)."""
         rows = orjson.loads(b"[" + self.rendered(limit) + b"]")

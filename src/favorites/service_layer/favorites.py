@@ -214,13 +214,18 @@ class FavoritesService:
             if len(items) > limit:
                 return Page(items[:limit], self._cursor_after(items[limit - 1]))
             return Page(items, None)
+        first = await self._first_page(user_id)
+        cursor = self._cursor_after(first.favorite_at(limit - 1)) if len(first) > limit else None
+        return Page.from_first(first, limit, cursor)
+
+    async def _first_page(self, user_id: UUID) -> FirstPage:
+        """The user's first page from the cache; on a miss loaded once, however many ask."""
         first, version = await self._cache.lookup_first_page(user_id)
         if first is None:
             first = await self._page_loads.run(
                 (user_id, version), lambda: self._load_first_page(user_id, version)
             )
-        cursor = self._cursor_after(first.favorite_at(limit - 1)) if len(first) > limit else None
-        return Page.from_first(first, limit, cursor)
+        return first
 
     def _cursor_after(self, last: Favorite) -> str:
         return self._cursors.encode(last.user_id, last.created_at, last.product_id)
@@ -272,6 +277,12 @@ class FavoritesService:
         access.ensure_owner(principal, user_id)
         if not product_ids:
             return []
+        # Hearts on a product grid ask this on every page view. The first page is loaded one
+        # longer than a page, so when it is not longer it holds every favorite of the user and
+        # answers from the cache, as current as a list (the same versioned entry).
+        first = await self._first_page(user_id)
+        if len(first) <= MAX_PAGE:
+            return [pid for pid in dict.fromkeys(product_ids) if first.includes(pid)]
         async with self._uow(readonly=True, user_id=user_id) as uow:
             found = await uow.favorites.contains(user_id, product_ids)
         return [pid for pid in dict.fromkeys(product_ids) if pid in found]

@@ -118,6 +118,11 @@ class _Favorites:
         await self._probe.loaded("count")
         return result
 
+    async def contains(self, *args: Any) -> Any:
+        result = await self._inner.contains(*args)
+        await self._probe.loaded("contains")
+        return result
+
 
 class _Products:
     def __init__(self, inner: Any, probe: Probe):

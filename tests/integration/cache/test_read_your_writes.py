@@ -57,6 +57,38 @@ async def test_add_remove_list_and_count_are_read_back_at_once(instance: Instanc
     assert page.next_cursor is None
 
 
+async def test_contains_is_answered_from_the_cached_page_and_sees_every_own_write(
+    instance: Instance,
+) -> None:
+    user_id, p1, p2 = uuid.uuid4(), await new_product(instance), await new_product(instance)
+    owner, unknown = user(user_id), uuid.uuid4()
+    await add(instance, user_id, p1)
+    assert await instance.favorites.contains(owner, user_id, [p2, p1, unknown, p1]) == [p1]
+    assert instance.probe.loads["contains"] == 0  # the page was loaded (and cached) instead
+    loads = instance.probe.loads.copy()
+    assert await instance.favorites.contains(owner, user_id, [p1, p2]) == [p1]
+    assert await listed(instance, user_id) == {p1}
+    assert instance.probe.loads == loads  # both from the cache
+    await add(instance, user_id, p2)
+    assert await instance.favorites.contains(owner, user_id, [p1, p2]) == [p1, p2]
+    await instance.favorites.remove(owner, user_id, p1)
+    assert await instance.favorites.contains(owner, user_id, [p1, p2]) == [p2]
+
+
+async def test_contains_asks_the_database_when_the_first_page_is_not_all(
+    instance: Instance,
+) -> None:
+    """51 favorites: the oldest is not on the cached page, so the page cannot say it is absent."""
+    user_id = uuid.uuid4()
+    products = [await new_product(instance) for _ in range(51)]
+    for product in products:
+        await add(instance, user_id, product)
+    oldest, newest = products[0], products[-1]
+    asked = [oldest, uuid.uuid4(), newest]
+    assert await instance.favorites.contains(user(user_id), user_id, asked) == [oldest, newest]
+    assert instance.probe.loads["contains"] == 1
+
+
 async def test_a_read_repopulating_while_a_write_commits_cannot_hide_the_write(
     instance: Instance,
 ) -> None:

@@ -47,6 +47,17 @@ def test_every_slice_renders_exactly_like_the_objects(n: int) -> None:
         assert first.favorite_at(index) == items[index]
 
 
+@pytest.mark.parametrize("n", [0, 1, 51])
+def test_a_page_tells_which_products_it_lists_without_decoding(n: int) -> None:
+    user_id = uuid.uuid4()
+    items = favorites_of(user_id, n)
+    first = FirstPage.decode(user_id, FirstPage.of(user_id, items).payload)
+    assert first is not None
+    assert all(first.includes(f.product_id) for f in items)
+    assert not first.includes(uuid.uuid4())
+    assert not first.includes(user_id)
+
+
 def test_a_page_round_trips_through_its_payload() -> None:
     user_id = uuid.uuid4()
     items = favorites_of(user_id, 51)
