@@ -238,7 +238,7 @@ class FakeUnitOfWork:
         self._db.commits += 1
 
     def wrote_for(self, user_ids: Iterable[UUID]) -> None:
-        self._db.also_wrote.extend(user_ids)
+        """No replicas here: nothing to route."""
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -252,7 +252,6 @@ class FakeDatabase:
         self.state = State()
         self.commits = 0
         self.readonly_calls: list[UUID | None] = []
-        self.also_wrote: list[UUID] = []
 
     def __call__(self, *, readonly: bool = False, user_id: UUID | None = None) -> FakeUnitOfWork:
         if readonly:

@@ -280,9 +280,10 @@ class FavoritesService:
         # Hearts on a product grid ask this on every page view. The first page is loaded one
         # longer than a page, so when it is not longer it holds every favorite of the user and
         # answers from the cache, as current as a list (the same versioned entry).
-        first = await self._first_page(user_id)
-        if len(first) <= MAX_PAGE:
-            return [pid for pid in dict.fromkeys(product_ids) if first.includes(pid)]
+        if self._cache.keeps_pages:
+            first = await self._first_page(user_id)
+            if len(first) <= MAX_PAGE:
+                return [pid for pid in dict.fromkeys(product_ids) if first.includes(pid)]
         async with self._uow(readonly=True, user_id=user_id) as uow:
             found = await uow.favorites.contains(user_id, product_ids)
         return [pid for pid in dict.fromkeys(product_ids) if pid in found]

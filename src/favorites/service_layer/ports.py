@@ -212,6 +212,10 @@ class Catalog(Protocol):
 class FavoritesCache(Protocol):
     """Cache-aside for a user's first page and count. Every method is best effort."""
 
+    #: Whether a stored page is there for the next read: False where nothing is cached, so that
+    #: ``contains`` does not load a whole page that no later request could use.
+    keeps_pages: bool
+
     async def lookup_first_page(self, user_id: UUID) -> tuple[FirstPage | None, int]:
         """The cached page, or None and the ``version`` token to store a load under: one round
         trip on a miss, where a lookup then ``version`` would take two."""

@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from favorites.adapters.cache import policy
+from favorites.adapters.cache.null import NullFavoritesCache
 from favorites.adapters.cache.redis_client import RedisClient
+from favorites.adapters.cache.setup import Caches
 from favorites.domain.errors import ProductNotFound
 from favorites.domain.models import Favorite
 from tests.integration.cache.conftest import (
@@ -22,6 +24,7 @@ from tests.integration.cache.conftest import (
     RUN_PREFIX,
     SERVICE,
     Instance,
+    build_instance,
     new_product,
     redis_instance,
     user,
@@ -87,6 +90,18 @@ async def test_contains_asks_the_database_when_the_first_page_is_not_all(
     asked = [oldest, uuid.uuid4(), newest]
     assert await instance.favorites.contains(user(user_id), user_id, asked) == [oldest, newest]
     assert instance.probe.loads["contains"] == 1
+
+
+async def test_without_a_cache_contains_asks_the_database_and_loads_no_page(
+    pg_engine: AsyncEngine,
+) -> None:
+    """PostgreSQL without Redis keeps nothing: a page loaded for ``contains`` would only cost."""
+    bare = build_instance(pg_engine, lambda on_lookup, on_state: Caches(
+        favorites=NullFavoritesCache()))
+    user_id, p1 = uuid.uuid4(), await new_product(bare)
+    await add(bare, user_id, p1)
+    assert await bare.favorites.contains(user(user_id), user_id, [p1, uuid.uuid4()]) == [p1]
+    assert (bare.probe.loads["contains"], bare.probe.loads["page"]) == (1, 0)
 
 
 async def test_a_read_repopulating_while_a_write_commits_cannot_hide_the_write(

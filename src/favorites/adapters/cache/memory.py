@@ -89,6 +89,8 @@ class InProcessFavoritesCache:
     """Implements the ``FavoritesCache`` port. A full page (51 favorites) is ~5 KiB of rendered
     JSON, so the default bound (5,000 pages) keeps it around 25 MiB."""
 
+    keeps_pages = True
+
     def __init__(self, *, max_pages: int = 5_000, max_counts: int = 50_000,
                  clock: Clock = time.monotonic, on_lookup: LookupObserver = ignore_lookup):
         self._versions: Versions[UUID] = Versions(max(max_pages, max_counts) * 2)

@@ -9,6 +9,8 @@ from favorites.domain.pages import FirstPage
 
 
 class NullFavoritesCache:
+    keeps_pages = False
+
     def __init__(self) -> None:
         self._tokens = itertools.count(1)
 

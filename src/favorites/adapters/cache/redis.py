@@ -133,6 +133,8 @@ class _RedisCache:
 class RedisFavoritesCache(_RedisCache):
     """Implements the ``FavoritesCache`` port."""
 
+    keeps_pages = True
+
     def _user(self, user_id: UUID) -> str:
         return f"{self._prefix}:{{u:{user_id}}}"
 
