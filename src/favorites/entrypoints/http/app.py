@@ -27,6 +27,7 @@ from favorites.domain.errors import (
 from favorites.entrypoints.http import draining, favorites, health, internal, tokens
 from favorites.entrypoints.http.auth import ServiceClients
 from favorites.entrypoints.http.cors import ProblemCORSMiddleware
+from favorites.entrypoints.http.direct import DirectDispatch
 from favorites.entrypoints.http.middleware import BodyLimitMiddleware, EdgeMiddleware
 from favorites.entrypoints.http.responses import problem
 from favorites.entrypoints.http.schemas import Problem
@@ -190,6 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for dependency_error in (sa_exc.DBAPIError, sa_exc.TimeoutError, ConnectionError,
                              TimeoutError):
         app.add_exception_handler(dependency_error, _on_dependency_down)
+    # Innermost: the hot routes' handlers are called from here (see DirectDispatch).
+    app.add_middleware(DirectDispatch, routes=app.router.routes, handlers=app.exception_handlers)
     if settings.cors_origins:
         app.add_middleware(
             ProblemCORSMiddleware,
