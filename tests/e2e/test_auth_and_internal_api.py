@@ -124,6 +124,8 @@ async def test_jwks_is_public_and_empty_for_hs256(client: httpx.AsyncClient) -> 
     response = await client.get("/.well-known/jwks.json")
     assert response.status_code == 200
     assert response.json() == {"keys": []}
+    # Keys may be cached (every other response is no-store), and only its own policy is sent.
+    assert response.headers.get_list("cache-control") == ["public, max-age=300"]
 
 
 async def test_service_key_failures(client: httpx.AsyncClient) -> None:

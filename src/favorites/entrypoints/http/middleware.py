@@ -96,10 +96,11 @@ class EdgeMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                headers = [*message.get("headers", ()), *extra, rid_header,
-                           *state.get(RATE_LIMIT_HEADERS, ())]
+                own = message.get("headers", ())
+                headers = [*own, *extra, rid_header, *state.get(RATE_LIMIT_HEADERS, ())]
                 # Responses are private by default; a handler may opt in to caching (JWKS).
-                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                # Only the response's own headers can: none of those added here is one.
+                if not any(name.lower() == b"cache-control" for name, _ in own):
                     headers.append(_NO_STORE)
                 message["headers"] = headers
             elif head and message["type"] == "http.response.body":
