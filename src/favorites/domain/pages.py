@@ -124,12 +124,16 @@ class FirstPage:
         return [Favorite(self.user_id, UUID(row["product_id"]),
                          datetime.fromisoformat(row["created_at"])) for row in rows]
 
-    def favorite_at(self, index: int) -> Favorite:
-        """One favorite, e.g. the last of a page, whose key makes the next page's cursor."""
+    def item(self, index: int) -> bytes:
+        """One favorite's JSON, as rendered: it names the favorite (product and time) exactly."""
         if not 0 <= index < self._count:
             raise IndexError(index)
         start = _HEADER + 2 * self._count + (self._ends[index - 1] + 1 if index else 0)
-        row = orjson.loads(self._payload[start : _HEADER + 2 * self._count + self._ends[index]])
+        return self._payload[start : _HEADER + 2 * self._count + self._ends[index]]
+
+    def favorite_at(self, index: int) -> Favorite:
+        """One favorite, e.g. the last of a page, whose key makes the next page's cursor."""
+        row = orjson.loads(self.item(index))
         return Favorite(self.user_id, UUID(row["product_id"]),
                         datetime.fromisoformat(row["created_at"]))
 

@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 
+from favorites.domain.cursor import CursorCodec
 from favorites.domain.errors import (
     FavoriteNotFound,
     FavoritesLimitReached,
@@ -12,6 +13,7 @@ from favorites.domain.errors import (
     ProductNotFound,
 )
 from favorites.domain.models import AuditAction
+from favorites.service_layer import favorites as favorites_module
 from favorites.service_layer.favorites import FavoritesService
 from favorites.service_layer.products import ProductsService
 from tests.unit.fakes import FakeDatabase, RecordingCache
@@ -167,3 +169,63 @@ async def test_remove_is_idempotent_and_audits_only_real_removals(
 async def test_product_counts_need_a_user(service: FavoritesService) -> None:
     with pytest.raises(Forbidden):
         await service.count_for_product(service_client("products:write"), uuid.uuid4())
+
+
+async def test_a_first_page_cursor_is_signed_once_and_follows_the_page(
+    service: FavoritesService, products: ProductsService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reads of an unchanged first page reuse its next cursor; a page that changed gets the
+    cursor after the favorite it now ends with, and following it never skips or repeats."""
+    signed: list[uuid.UUID] = []
+    encode = CursorCodec.encode
+
+    def counting(self: CursorCodec, user_id: uuid.UUID, *args: object) -> str:
+        signed.append(user_id)
+        return encode(self, user_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CursorCodec, "encode", counting)
+    owner = uuid.uuid4()
+    a, b, c, d = await _products(products, 4)
+    for product in (a, b, c):
+        await service.add(user(owner), owner, product)
+
+    async def walk() -> tuple[str | None, list[uuid.UUID]]:
+        page = await service.list_page(user(owner), owner, limit=1)
+        first_cursor, seen = page.next_cursor, [f.product_id for f in page.items]
+        cursor = first_cursor
+        while cursor is not None:
+            page = await service.list_page(user(owner), owner, limit=1, cursor=cursor)
+            seen += [f.product_id for f in page.items]
+            cursor = page.next_cursor
+        return first_cursor, seen
+
+    first = await service.list_page(user(owner), owner, limit=1)
+    signs = len(signed)
+    again = await service.list_page(user(owner), owner, limit=1)
+    assert again.next_cursor == first.next_cursor
+    assert len(signed) == signs  # the same page: not signed again
+    assert await walk() == (first.next_cursor, [c, b, a])
+
+    await service.add(user(owner), owner, d)
+    changed, seen = await walk()
+    assert changed != first.next_cursor
+    assert seen == [d, c, b, a]
+
+    await service.remove(user(owner), owner, d)
+    assert await walk() == (first.next_cursor, [c, b, a])  # ends with c again: the same cursor
+
+
+async def test_built_first_page_cursors_are_bounded(
+    service: FavoritesService, products: ProductsService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(favorites_module, "FIRST_PAGE_CURSORS", 2)
+    a, b = await _products(products, 2)
+    for _ in range(5):
+        owner = uuid.uuid4()
+        for product in (a, b):
+            await service.add(user(owner), owner, product)
+        page = await service.list_page(user(owner), owner, limit=1)
+        assert page.next_cursor is not None
+        assert [f.product_id for f in (await service.list_page(
+            user(owner), owner, limit=1, cursor=page.next_cursor)).items] == [a]
+        assert len(service._first_cursors) <= 2
