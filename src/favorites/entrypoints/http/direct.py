@@ -21,18 +21,14 @@ layers would have. Any other request (another route, a 404, a 405) goes down the
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Response]]
 
 
@@ -48,26 +44,21 @@ class DirectRoute(APIRoute):
         return handler
 
 
-def exception_handlers(
-    registered: Mapping[Any, Callable[..., Any]],
-) -> dict[type[BaseException], ExceptionHandler]:
-    """The handlers the app's exception middleware applies: by class, without the 500 one (an
-    unhandled error goes on to ``EdgeMiddleware``, as it does from that middleware)."""
-    return {key: handler for key, handler in registered.items()
-            if isinstance(key, type) and key is not Exception}
-
-
 class DirectDispatch:
-    """Calls a ``DirectRoute``'s handler straight from the middleware stack (see the module)."""
+    """Calls a ``DirectRoute``'s handler straight from the middleware stack (see the module).
+
+    Starlette builds its middleware on the first request, when every route and exception handler
+    is in place. ``handlers`` are the app's: the ones its exception middleware applies are those
+    keyed by class, without the 500 one (an unhandled error goes on to ``EdgeMiddleware``).
+    """
 
     def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute],
                  handlers: Mapping[Any, Callable[..., Any]]) -> None:
         self.app = app
-        #: The app's own lists, read when the first request comes: routes and handlers may still
-        #: be added after the middleware is declared.
         self._routes = routes
-        self._registered = handlers
-        self._handlers: dict[type[BaseException], ExceptionHandler] | None = None
+        self._handlers: dict[type[BaseException], ExceptionHandler] = {
+            key: handler for key, handler in handlers.items()
+            if isinstance(key, type) and key is not Exception}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -94,8 +85,6 @@ class DirectDispatch:
         await response(scope, receive, send)
 
     def _handler(self, exc: Exception) -> ExceptionHandler | None:
-        if self._handlers is None:
-            self._handlers = exception_handlers(self._registered)
         for cls in type(exc).__mro__:
             handler = self._handlers.get(cls)
             if handler is not None:
