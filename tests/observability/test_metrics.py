@@ -6,7 +6,6 @@ import gc
 import os
 import time
 import uuid
-from array import array
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.entrypoints.http.app import create_app
-from favorites.observability import metrics
-from favorites.observability.active_users import ActiveUsers
+from favorites.observability import active_users, metrics
+from favorites.observability.active_users import ActiveUsers, Share, _chunk
 from favorites.observability.db import instrument_engine
 from favorites.observability.exposition import _HitRatio
 from tests.conftest import make_settings, started
@@ -289,19 +288,23 @@ async def test_active_users_counts_distinct_users_of_the_last_five_minutes(
 
 def test_active_users_are_a_union_across_workers(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [10_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
     shared, mine, gone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    other = ActiveUsers(tmp_path)
-    other.seen(shared)
-    other.seen(gone)
-    other._seen[gone.bytes] = time.time() - 301  # seen before the window
     monkeypatch.setattr(os, "getpid", lambda: 1)
-    other.write((b"".join(other._seen), array("d", other._seen.values()).tobytes()))
+    other = ActiveUsers(tmp_path)
+    other.seen(gone)
+    other.write(share_of(other))
+    clock[0] += 10
+    other.seen(shared)
+    other.write(share_of(other))  # appended: the file now holds two chunks
+    clock[0] += 295  # gone was seen 305 s ago, shared 295 s ago
     monkeypatch.setattr(os, "getpid", lambda: 2)
     me = ActiveUsers(tmp_path)
     me.seen(shared)
     me.seen(mine)
     assert me.count() == 2  # shared once, gone forgotten
-    me.write(me.snapshot())
+    me.write(share_of(me))
     monkeypatch.setattr(os, "getpid", lambda: 3)
     assert ActiveUsers(tmp_path).count() == 2  # the serve parent: files only
     monkeypatch.setattr(os, "getpid", lambda: 2)
@@ -310,12 +313,18 @@ def test_active_users_are_a_union_across_workers(tmp_path: Path,
     assert ActiveUsers(tmp_path).count() == 1
 
 
+def share_of(users: ActiveUsers) -> Share:
+    share = users.share()
+    assert share is not None, "nothing to share"
+    return share
+
+
 def test_active_users_forget_only_who_was_not_seen_within_the_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A user seen again stays, however long ago they were first seen; pruning visits only the
     users who left the window (kept in the order last seen), and the file written from the
-    snapshot says the same to the other workers."""
+    share says the same to the other workers."""
     clock = [10_000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])
     early, middle, late = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -331,11 +340,121 @@ def test_active_users_forget_only_who_was_not_seen_within_the_window(
     assert list(mine._seen) == [early.bytes, late.bytes]
     assert mine.count() == 2
     monkeypatch.setattr(os, "getpid", lambda: 4)
-    mine.write(mine.snapshot())
+    mine.write(share_of(mine))
     monkeypatch.setattr(os, "getpid", lambda: 5)
     assert ActiveUsers(tmp_path).count() == 2
     clock[0] += 250  # early and late both 450 s ago
     assert ActiveUsers(tmp_path).count() == 0
+
+
+def test_active_users_share_only_who_was_seen_since_the_last_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing every user of the window every two seconds stalled the event loop for tens of
+    milliseconds with 200,000 of them: after the first (full) write, a share appends only the
+    users seen since the previous one, new or returning, and nothing when nobody was seen."""
+    clock = [10_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setattr(os, "getpid", lambda: 6)
+    users = [uuid.uuid4() for _ in range(1000)]
+    worker = ActiveUsers(tmp_path)
+    for user in users:
+        worker.seen(user)
+    clock[0] += 1
+    share = share_of(worker)
+    assert share[0]
+    assert len(share[1]) == 1000
+    worker.write(share)
+    clock[0] += 2
+    newcomer = uuid.uuid4()
+    for user in (users[0], newcomer, users[500]):
+        worker.seen(user)
+    clock[0] += 1
+    replace, keys, times = share_of(worker)
+    assert not replace
+    assert set(keys) == {users[0].bytes, newcomer.bytes, users[500].bytes}
+    assert times == [clock[0] - 1] * 3
+    worker.write((replace, keys, times))
+    clock[0] += 2
+    assert worker.share() is None  # nobody seen since
+    file = tmp_path / "active_users_6.bin"
+    assert file.stat().st_size == 8 + 24 * 1000 + 8 + 24 * 3
+    monkeypatch.setattr(os, "getpid", lambda: 7)
+    assert ActiveUsers(tmp_path).count() == 1001
+
+
+def test_active_users_file_is_rewritten_once_mostly_superseded_or_after_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [10_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setattr(os, "getpid", lambda: 8)
+    monkeypatch.setattr(active_users, "SLACK_RECORDS", 10)
+    file = tmp_path / "active_users_8.bin"
+    users = [uuid.uuid4() for _ in range(5)]
+    worker = ActiveUsers(tmp_path)
+    kinds, sizes = [], []
+    for _ in range(20):  # the same five users, seen again before every share
+        for user in users:
+            worker.seen(user)
+        share = share_of(worker)
+        worker.write(share)
+        kinds.append(share[0])
+        sizes.append(file.stat().st_size)
+        clock[0] += 1
+    # Full, then appends of 5 until more than 2 x 5 + 10 records, then full again.
+    assert kinds[:6] == [True, False, False, False, False, True]
+    assert max(sizes) <= 5 * (8 + 24 * 5)
+    monkeypatch.setattr(os, "getpid", lambda: 9)
+    assert ActiveUsers(tmp_path).count() == 5
+    monkeypatch.setattr(os, "getpid", lambda: 12)
+    worker = ActiveUsers(tmp_path)
+    for user in users:
+        worker.seen(user)
+    assert share_of(worker)[0]
+    clock[0] += active_users.FULL_WRITE_SECONDS - 1
+    worker.seen(users[0])
+    assert not share_of(worker)[0]
+    clock[0] += 1
+    worker.seen(users[0])
+    assert share_of(worker)[0], "a minute after the last full write, however small the file"
+
+
+def test_active_users_file_read_skips_a_chunk_still_being_appended_and_starts_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader may see an append half done: the complete chunks count, the rest waits. A file
+    left by a dead process with the same pid is replaced by the first share, and a share that
+    could not be written makes the next one a full write."""
+    monkeypatch.setattr(os, "getpid", lambda: 10)
+    file = tmp_path / "active_users_10.bin"
+    stale = ActiveUsers(tmp_path)
+    stale.seen(uuid.uuid4())
+    stale.write(share_of(stale))  # a dead process's file
+    worker = ActiveUsers(tmp_path)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    worker.seen(first)
+    worker.write(share_of(worker))  # replaces the stale file
+    worker.seen(second)
+    replace, keys, times = share_of(worker)
+    assert not replace
+    chunk = _chunk(keys, times)
+    with file.open("ab") as f:
+        f.write(chunk[:len(chunk) - 3])
+    monkeypatch.setattr(os, "getpid", lambda: 11)
+    assert ActiveUsers(tmp_path).count() == 1  # first only
+    monkeypatch.setattr(os, "getpid", lambda: 10)
+    file.unlink()
+    file.mkdir()  # the next append cannot be written
+    worker.seen(second)
+    with pytest.raises(IsADirectoryError):
+        worker.write(share_of(worker))
+    file.rmdir()
+    share = share_of(worker)
+    assert share[0], "after a failed write, everything is written again"
+    worker.write(share)
+    monkeypatch.setattr(os, "getpid", lambda: 11)
+    assert ActiveUsers(tmp_path).count() == 2
 
 
 async def test_metrics_are_not_in_the_api_schema_and_move_off_the_app_in_production(

@@ -20,10 +20,8 @@ from favorites.tasks import cancel_and_wait
 
 log = logging.getLogger("favorites.observability")
 
-#: A worker shares its recent users with the others (multiprocess mode only) within this long of
-#: seeing someone new, and at least this often to refresh the last-seen times.
-ACTIVE_USERS_NEW_SECONDS = 2.0
-ACTIVE_USERS_REFRESH_SECONDS = 30.0
+#: A worker shares the users it has seen with the others (multiprocess mode only) within this long.
+ACTIVE_USERS_SHARE_SECONDS = 2.0
 
 
 class Observability:
@@ -79,16 +77,14 @@ class Observability:
                 logs.flush_logs()
 
     async def _flush_active_users(self) -> None:
-        loop = asyncio.get_running_loop()
-        written = loop.time()
+        users = self.active_users
         while True:
-            await asyncio.sleep(ACTIVE_USERS_NEW_SECONDS)
-            users = self.active_users
-            if not users.new_users and loop.time() - written < ACTIVE_USERS_REFRESH_SECONDS:
+            await asyncio.sleep(ACTIVE_USERS_SHARE_SECONDS)
+            share = users.share()
+            if share is None:
                 continue
-            written = loop.time()
             try:
-                await asyncio.to_thread(users.write, users.snapshot())
+                await asyncio.to_thread(users.write, share)
             except OSError:
                 log.warning("could not share the active users with the other workers",
                             exc_info=True)
