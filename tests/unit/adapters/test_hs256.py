@@ -231,3 +231,56 @@ def test_random_edits_are_never_accepted_where_pyjwt_refuses() -> None:
     # Both kinds occur in numbers: the comparison above was made on each side.
     assert accepted > 100
     assert refused > 1500
+
+
+def test_a_header_is_remembered_only_once_it_signed_a_good_token() -> None:
+    """Every token of a key carries the same header, so the verifier decodes it once; but a
+    header is read before the signature is known, and anyone can write one: only headers of
+    tokens whose signature checked out are remembered, a bounded few."""
+    verifier = Hs256Verifier({KID: SECRET}, issuer=ISSUER, audience=AUDIENCE, leeway=0)
+    for n in range(200):  # well-formed headers naming the key, signed with another
+        forged = signed(claims(), {"alg": "HS256", "kid": KID, "n": n}, key=b"x" * 48)
+        with pytest.raises(InvalidToken, match="rejected"):
+            verifier.verify(forged)
+    assert verifier._headers == {}
+    for n in range(200):  # properly signed, each with its own header
+        verifier.verify(signed(claims(), {"alg": "HS256", "kid": KID, "n": n}))
+    assert len(verifier._headers) == 16
+    token = CODEC.mint(uuid.uuid4(), ("user",))[0]
+    assert verifier.verify(token) == CODEC._decode(token)
+    # A remembered header does not vouch for anything else: the signature is checked each time,
+    # and only its canonical spelling passes.
+    head, body, signature = token.split(".")
+    twin = signed(claims())
+    with pytest.raises(InvalidToken, match="rejected"):
+        verifier.verify(f"{head}.{twin.split('.')[1]}.{signature}")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelled = [f"{head}.{body}.{signature[:-1]}{c}" for c in alphabet
+                 if c != signature[-1] and base64.urlsafe_b64decode(signature[:-1] + c + "=")
+                 == base64.urlsafe_b64decode(signature + "=")]
+    assert respelled
+    for variant in respelled:
+        with pytest.raises(InvalidToken, match="malformed"):
+            verifier.verify(variant)
+
+
+def test_a_payload_spelled_with_spare_bits_is_refused_even_when_signed() -> None:
+    """Only the canonical spelling of a segment is one: with the spare bits of its last
+    character set, a payload is refused, signed or not, as PyJWT refuses it."""
+    payload = json.dumps(claims()).encode()
+    while len(b64(payload)) % 4 not in (2, 3):
+        payload += b" "
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": KID}).encode())
+    body = b64(payload)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    respelled = [f"{body[:-1]}{c}" for c in alphabet
+                 if c != body[-1] and base64.urlsafe_b64decode(f"{body[:-1]}{c}" + "==")
+                 == base64.urlsafe_b64decode(body + "==")]
+    assert respelled
+    for spare in respelled:
+        mac = jwt.get_algorithm_by_name("HS256").sign(f"{head}.{spare}".encode(), SECRET)
+        token = f"{head}.{spare}.{b64(mac)}"
+        with pytest.raises(InvalidToken, match="malformed"):
+            FAST.verify(token)
+        assert outcome(CODEC._decode, token) is None
+    assert FAST.verify(signed(payload)) == json.loads(payload)

@@ -38,21 +38,33 @@ REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti", "typ")
 
 #: Three base64url segments without padding (the signature may be empty: "alg": "none" is then
 #: refused for its algorithm); a segment of length 1 (mod 4) encodes nothing.
+#: base64url's characters and their values; the spare low bits of a segment's last character by
+#: its length modulo 4 (None: no such length).
+_VALUES = {c: i for i, c in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+_SPARE_BITS = (0, None, 0b1111, 0b11)
+#: Header segments remembered (a deployment has one per signing key).
+_KNOWN_HEADERS = 16
+
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
 
 
 def decode_segment(text: str) -> bytes:
     """Decode one segment, canonical form only: two spellings of one signature would be two
-    different tokens (and two entries of the codec's memory) for the same credential."""
-    if len(text) % 4 == 1:
+    different tokens (and two entries of the codec's memory) for the same credential. A
+    segment of ``4k + 2`` or ``4k + 3`` characters has 4 or 2 bits to spare in its last one,
+    which must be zero (PyJWT refuses them otherwise, too); ``4k + 1`` encodes nothing."""
+    spare = _SPARE_BITS[len(text) % 4]
+    if spare is None or (spare and _VALUES.get(text[-1], 1) & spare):
         raise InvalidToken("malformed token")
     try:
-        decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken("malformed token") from None
-    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != text.encode("ascii"):
-        raise InvalidToken("malformed token")
-    return decoded
+
+
+def _encode(digest: bytes) -> bytes:
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 
 def json_object(data: bytes) -> dict[str, Any]:
@@ -87,6 +99,11 @@ class Hs256Verifier:
         # One keyed HMAC per kid, copied per token: the key's padding and first block are
         # hashed once here instead of on every verification.
         self._macs = {kid: hmac.new(key, digestmod=hashlib.sha256) for kid, key in keys.items()}
+        #: Header segment -> its key's HMAC, for headers that signed a good token: every token of
+        #: a key carries the same header, so its decoding and checks are done once. Filled only
+        #: after a signature checked out (a header is read before its signature is known, and
+        #: anyone can write one), and bounded all the same.
+        self._headers: dict[str, hmac.HMAC] = {}
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -98,6 +115,25 @@ class Hs256Verifier:
         if match is None:
             raise InvalidToken("malformed token")
         header_text, payload_text, signature_text = match.groups()
+        keyed = self._headers.get(header_text)
+        known = keyed is not None
+        if keyed is None:
+            keyed = self._mac_for(header_text)
+        mac = keyed.copy()
+        mac.update(token[:match.end(2)].encode("ascii"))
+        # Compared in its encoded form: only the canonical spelling of the right signature
+        # matches, without decoding the one presented (see decode_segment for why canonical).
+        if not hmac.compare_digest(_encode(mac.digest()), signature_text.encode("ascii")):
+            decode_segment(signature_text)  # "malformed" when it is not a signature at all
+            raise InvalidToken("token rejected")
+        if not known and len(self._headers) < _KNOWN_HEADERS:
+            self._headers[header_text] = keyed
+        claims = json_object(decode_segment(payload_text))
+        self._check(claims)
+        return claims
+
+    def _mac_for(self, header_text: str) -> hmac.HMAC:
+        """The HMAC of the key a header names, once the header is found acceptable."""
         header = json_object(decode_segment(header_text))
         if header.get("alg") != "HS256":
             raise InvalidToken("token algorithm not accepted")
@@ -107,13 +143,7 @@ class Hs256Verifier:
         mac = self._macs.get(kid) if isinstance(kid, str) else None
         if mac is None:
             raise InvalidToken("unknown signing key")
-        mac = mac.copy()
-        mac.update(token[:match.end(2)].encode("ascii"))
-        if not hmac.compare_digest(mac.digest(), decode_segment(signature_text)):
-            raise InvalidToken("token rejected")
-        claims = json_object(decode_segment(payload_text))
-        self._check(claims)
-        return claims
+        return mac
 
     def _check(self, claims: dict[str, Any]) -> None:
         for name in REQUIRED_CLAIMS:
