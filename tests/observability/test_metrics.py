@@ -467,3 +467,19 @@ async def test_metrics_are_not_in_the_api_schema_and_move_off_the_app_in_product
     production = create_app(make_settings(sqlite_url, session_tmp, env="production"))
     async for client in started(production):
         assert (await client.get("/metrics")).status_code == 404
+
+
+def test_a_single_process_only_prunes_its_active_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the multiprocess directory there is no file and no other worker: a share builds
+    nothing, but still forgets who left the window (the memory bound)."""
+    clock = [10_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    alone = ActiveUsers(None)
+    gone, here = uuid.uuid4(), uuid.uuid4()
+    alone.seen(gone)
+    clock[0] += 200
+    alone.seen(here)
+    clock[0] += 200
+    assert alone.share() is None
+    assert list(alone._seen) == [here.bytes]
+    assert alone.count() == 1

@@ -85,8 +85,11 @@ class ActiveUsers:
 
     def share(self) -> Share | None:
         """What this worker's file needs to be current, or None if nothing changed; taken on
-        the event loop (next to ``seen``), written by ``write`` elsewhere."""
+        the event loop (next to ``seen``), written by ``write`` elsewhere. A single process has
+        no file and no one to share with: it only forgets who left the window."""
         self.prune()
+        if self.directory is None:
+            return None
         now = time.time()
         since, self._shared_up_to = self._shared_up_to, now
         if (self._records is None
