@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 import pytest
 
-from favorites.adapters.tokens.hs256 import MAX_TOKEN_LENGTH, Hs256Verifier
+from favorites.adapters.tokens.hs256 import MAX_TOKEN_LENGTH, Hs256Verifier, decode_segment
 from favorites.adapters.tokens.jwt import JwtCodec
 from favorites.domain.errors import InvalidToken
 
@@ -284,3 +284,13 @@ def test_a_payload_spelled_with_spare_bits_is_refused_even_when_signed() -> None
             FAST.verify(token)
         assert outcome(CODEC._decode, token) is None
     assert FAST.verify(signed(payload)) == json.loads(payload)
+
+
+@pytest.mark.parametrize("text", ["eyJ+IjoxfQ", "eyJ/IjoxfQ", "eyJh!joxfQ", "eyJh IjoxfQ",
+                                  "eyJhIjoxfQ==", "eyJhIjoxfR", "e"])
+def test_a_segment_decodes_only_in_its_one_canonical_spelling(text: str) -> None:
+    """Standard base64's ``+`` and ``/``, characters of no alphabet, padding, spare bits set, a
+    length that encodes nothing: each a second spelling of some segment, or none."""
+    assert decode_segment(b64(b'{"a":1}')) == b'{"a":1}'
+    with pytest.raises(InvalidToken, match="malformed"):
+        decode_segment(text)

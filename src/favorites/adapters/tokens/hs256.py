@@ -38,6 +38,8 @@ REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti", "typ")
 
 #: Three base64url segments without padding (the signature may be empty: "alg": "none" is then
 #: refused for its algorithm); a segment of length 1 (mod 4) encodes nothing.
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 #: base64url's characters and their values; the spare low bits of a segment's last character by
 #: its length modulo 4 (None: no such length).
 _VALUES = {c: i for i, c in enumerate(
@@ -46,8 +48,6 @@ _SPARE_BITS = (0, None, 0b1111, 0b11)
 #: Header segments remembered (a deployment has one per signing key).
 _KNOWN_HEADERS = 16
 
-_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
-
 
 def decode_segment(text: str) -> bytes:
     """Decode one segment, canonical form only: two spellings of one signature would be two
@@ -55,7 +55,8 @@ def decode_segment(text: str) -> bytes:
     segment of ``4k + 2`` or ``4k + 3`` characters has 4 or 2 bits to spare in its last one,
     which must be zero (PyJWT refuses them otherwise, too); ``4k + 1`` encodes nothing."""
     spare = _SPARE_BITS[len(text) % 4]
-    if spare is None or (spare and _VALUES.get(text[-1], 1) & spare):
+    if spare is None or (spare and _VALUES.get(text[-1], 1) & spare) \
+            or _SEGMENT.fullmatch(text) is None:
         raise InvalidToken("malformed token")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
