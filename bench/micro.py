@@ -1,5 +1,6 @@
-"""Two costs outside the request path proper, measured alone: what they cost is too small or too
-rare for the HTTP benchmark to see through its noise, but not for a worker under load.
+"""Two costs a worker pays beside its requests (sharing its active users) or on only some of them
+(verifying a token it has not seen), measured alone: too small for the HTTP benchmark to see
+through its noise, but not for a worker under load.
 
     python -m bench.micro active-users [--users 200000] [--seen 2800] [--shares 150]
     python -m bench.micro tokens [--tokens 20000] [--repeats 7]
