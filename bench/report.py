@@ -84,6 +84,8 @@ def summarize(rec: Recorder, *, mode: str, target_rate: float | None,
         "max_queue": rec.max_queue,
         "error_samples": rec.error_samples,
     }
+    if rec.handed_late:  # open loop
+        summary["generator_lateness"] = latency_summary(list(rec.handed_late))
     summary["windows"] = windows(rec, done)
     return summary
 
@@ -245,6 +247,11 @@ def headline(result: dict[str, Any]) -> list[str]:
         lines.append(f"  {kind:<9} n={kl['count']:<7,} p50 {_fmt(kl.get('p50_ms'))}  "
                      f"p95 {_fmt(kl.get('p95_ms'))}  p99 {_fmt(kl.get('p99_ms'))}  "
                      f"max {_fmt(kl.get('max_ms'))}")
+    late = s.get("generator_lateness")
+    if late:
+        lines.append(f"generator: each request handed over p50 {late['p50_ms']:.2f}, p99 "
+                     f"{late['p99_ms']:.2f}, max {late['max_ms']:,.2f} ms after it was due "
+                     "(included in the latencies above)")
     outage = result.get("redis_outage")
     if outage:
         for phase in ("during", "after"):
