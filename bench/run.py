@@ -161,8 +161,15 @@ def git_info() -> dict[str, Any]:
     # --no-optional-locks: read-only, never refreshes .git/index.
     commit = _run_text(["git", "--no-optional-locks", "rev-parse", "HEAD"], src) or "unknown"
     status = _run_text(["git", "--no-optional-locks", "status", "--porcelain", "--", "."], src)
+    # The generator and its reports are code too: a comparison of two versions of the bench
+    # (same service, another load generator) is told apart by this.
+    here = Path(__file__).resolve().parent
+    bench_status = _run_text(["git", "--no-optional-locks", "status", "--porcelain", "--", "."],
+                             here)
+    bench = {"commit": _run_text(["git", "--no-optional-locks", "rev-parse", "HEAD"], here)
+             or "unknown", "dirty": bool(bench_status)}
     return {"commit": commit, "dirty": bool(status), "dirty_files": status.splitlines()[:20],
-            "code": str(src)}
+            "code": str(src), "bench": bench}
 
 
 def machine_info() -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from bench.report import REPO, relative_paths, repeated_adds
-from bench.run import Server, fresh_seed
+from bench.run import Server, fresh_seed, git_info
 
 
 def test_the_services_warn_lines_are_counted_as_problems() -> None:
@@ -45,3 +47,11 @@ def test_committed_results_name_paths_relative_to_the_repository() -> None:
     assert relative_paths(result) == {"git": {"code": "src"},
                                       "servers": [".venv/bin/favorites serve"], "root": ".",
                                       "rate": 1000.0}
+
+
+def test_a_result_names_the_bench_code_beside_the_service_code() -> None:
+    info = git_info()
+
+    assert re.fullmatch(r"[0-9a-f]{40}", info["commit"])
+    assert re.fullmatch(r"[0-9a-f]{40}", info["bench"]["commit"])
+    assert isinstance(info["bench"]["dirty"], bool)
