@@ -4,7 +4,7 @@ Built on asyncio protocols and httptools' C parser (already a uvicorn dependency
 HTTP client library: a request is pre-encoded bytes written to a keep-alive connection, a response
 is counted when the parser reports the message complete. It shares the machine with the server,
 so what it costs is reported with every run ("generator" CPU per request): on the 2-core Intel Xeon
-bench host in a slow spell, 0.06-0.08 ms per request in a closed loop and 0.14-0.15 ms in the open
+bench host in a slow spell, 0.04-0.07 ms per request in a closed loop and 0.14-0.15 ms in the open
 loop at 1,000 req/s (which wakes for its due times; see ``MIN_SLEEP``).
 
 Open loop: request ``i`` is due at ``t0 + i / rate`` whatever happened before (no coordinated
