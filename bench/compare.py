@@ -335,8 +335,8 @@ def _run(args: argparse.Namespace, command: str, shape: Any, machine: dict[str, 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{started_at.strftime('%Y%m%dT%H%M%SZ')}-compare-{args.mixed_cache}"
     json_path = args.results_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(report.relative_paths(result), indent=1) + "\n",
-                         encoding="utf-8")
+    committed = report.relative_paths(result, report.repository_roots(result))
+    json_path.write_text(json.dumps(committed, indent=1) + "\n", encoding="utf-8")
     lines = table(result)
     md_path = args.results_dir / f"{stem}.md"
     md_path.write_text("\n".join([

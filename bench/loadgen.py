@@ -485,11 +485,10 @@ async def open_loop(pool: ConnectionPool, workload: Workload, rate: float, durat
             await asyncio.sleep(max(due - current, MIN_SLEEP))
             continue
         # Everything due by now: what fell due during the sleep, or while the machine was busy.
-        handed_late = recorder.handed_late
         while i < total and due <= current:
             kind, raw = workload.next()
             pool.submit(kind, raw, due)
-            handed_late.append(current - due)
+            recorder.handed_late.append(current - due)
             i += 1
             due = t0 + i * interval
     await pool.drain(now() + (drain_timeout if drain_timeout is not None else pool.timeout + 1))

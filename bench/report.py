@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,19 +196,32 @@ def plot(result: dict[str, Any], path: Path) -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def relative_paths(value: Any) -> Any:
-    """Results are committed: paths are written relative to the repository, not this machine."""
+def repository_roots(result: dict[str, Any]) -> tuple[str, ...]:
+    """This repository's root, and that of the service code the run served when it is another
+    tree (a before/after run serves an older commit from a ``git worktree``), longest first."""
+    roots = {str(REPO)}
+    code = result.get("git", {}).get("code")
+    if isinstance(code, str) and Path(code).is_absolute():
+        roots.add(str(Path(code).parent))
+    return tuple(sorted(roots, key=len, reverse=True))
+
+
+def relative_paths(value: Any, roots: Sequence[str] = (str(REPO),)) -> Any:
+    """Results are committed: paths are written relative to the repository (or to the tree of
+    the code served, see ``repository_roots``), not to this machine."""
     if isinstance(value, str):
-        return value.replace(f"{REPO}/", "").replace(str(REPO), ".")
+        for root in roots:
+            value = value.replace(f"{root}/", "").replace(root, ".")
+        return value
     if isinstance(value, dict):
-        return {k: relative_paths(v) for k, v in value.items()}
+        return {k: relative_paths(v, roots) for k, v in value.items()}
     if isinstance(value, list):
-        return [relative_paths(v) for v in value]
+        return [relative_paths(v, roots) for v in value]
     return value
 
 
 def write(result: dict[str, Any], results_dir: Path, stem: str) -> tuple[Path, Path]:
-    result = relative_paths(result)
+    result = relative_paths(result, repository_roots(result))
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / f"{stem}.json"
     png_path = results_dir / f"{stem}.png"

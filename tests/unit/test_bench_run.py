@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from bench.report import REPO, relative_paths, repeated_adds
+from bench.report import REPO, relative_paths, repeated_adds, repository_roots
 from bench.run import Server, fresh_seed, git_info
 
 
@@ -47,6 +47,19 @@ def test_committed_results_name_paths_relative_to_the_repository() -> None:
     assert relative_paths(result) == {"git": {"code": "src"},
                                       "servers": [".venv/bin/favorites serve"], "root": ".",
                                       "rate": 1000.0}
+
+
+def test_results_of_code_served_from_another_tree_name_no_path_of_this_machine() -> None:
+    """A before/after run serves the older commit from a worktree, with this checkout's venv."""
+    result = {"git": {"code": "/srv/older-tree/src"},
+              "servers": [f"{REPO}/.venv/bin/python3 .venv/bin/favorites serve",
+                          "/srv/older-tree/.venv/bin/favorites serve"]}
+
+    relative = relative_paths(result, repository_roots(result))
+
+    assert relative == {"git": {"code": "src"},
+                        "servers": [".venv/bin/python3 .venv/bin/favorites serve",
+                                    ".venv/bin/favorites serve"]}
 
 
 def test_a_result_names_the_bench_code_beside_the_service_code() -> None:
