@@ -21,7 +21,15 @@ def test_accepted_spellings_normalise(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text", ["", "me", "123", "{" + str(SAMPLE) + "}", "urn:uuid:" + str(SAMPLE),
-             str(SAMPLE) + "0", "g" * 32, "<script>", str(SAMPLE).replace("-", "_")],
+             str(SAMPLE) + "0", "g" * 32, "<script>", str(SAMPLE).replace("-", "_"),
+             # What uuid.UUID itself would take: hyphens anywhere, and what int(…, 16) takes
+             # (a sign, blanks, "_" between digits), each a second spelling or another id.
+             SAMPLE.hex[:9] + "-" + SAMPLE.hex[9:12] + "-" + SAMPLE.hex[12:16] + "-"
+             + SAMPLE.hex[16:20] + "-" + SAMPLE.hex[20:],
+             SAMPLE.hex[:16] + "--" + SAMPLE.hex[16:] + "--",
+             "+" + SAMPLE.hex[1:], " " + SAMPLE.hex[1:], SAMPLE.hex[:-1] + " ",
+             SAMPLE.hex[:1] + "_" + SAMPLE.hex[2:], "\u0660" + SAMPLE.hex[1:],
+             "0x" + SAMPLE.hex[2:]],
 )
 def test_everything_else_is_refused(text: str) -> None:
     with pytest.raises(ValidationFailed):
@@ -73,3 +81,13 @@ def test_only_the_issued_spelling_of_a_cursor_is_accepted() -> None:
     assert accepted == [], f"{len(accepted)} of {len(edits)} edits accepted"
     assert len(edits) > 7000
     assert codec.decode(owner, cursor)[0] == datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def test_the_refused_spellings_are_ones_uuid_itself_takes() -> None:
+    """The cases above that matter: each is a UUID to the standard library (some of them another
+    one than SAMPLE), so only the explicit spelling check refuses them."""
+    for text in ("0b9c1a523-f3a-4c1e-9d55-2f0a6c7e8b11", "+b9c1a523f3a4c1e9d552f0a6c7e8b11",
+                 "0_9c1a523f3a4c1e9d552f0a6c7e8b11", "0b9c1a523f3a4c1e9d552f0a6c7e8b1 "):
+        assert isinstance(uuid.UUID(text), uuid.UUID)
+        with pytest.raises(ValidationFailed):
+            parse_uuid(text, "id")
