@@ -69,9 +69,23 @@ async def authenticate_user(request: Request) -> Principal:
     return principal
 
 
+def _one_credential(request: Request, name: str) -> str | None:
+    """The single value of a credential header, or None when there is none.
+
+    Sent twice, a credential is refused rather than one of its values picked: a proxy in front
+    may check one value and this service use the other (HTTP defines both headers as single
+    values, so a second one is never legitimate)."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        if name == "authorization":
+            raise InvalidToken("more than one Authorization header")
+        raise InvalidApiKey(f"more than one {name} header")
+    return values[0] if values else None
+
+
 def verify_user(request: Request) -> Principal:
     refuse_credentials_in_query(request)
-    header = request.headers.get("authorization")
+    header = _one_credential(request, "authorization")
     if not header:
         raise InvalidToken("missing bearer token")
     scheme, _, token = header.partition(" ")
@@ -154,7 +168,8 @@ async def authenticate_service(request: Request) -> Principal:
     try:
         refuse_credentials_in_query(request)
         clients: ServiceClients = request.app.state.service_clients
-        principal = clients.authenticate(request.headers.get("x-api-key"), client_address(request))
+        principal = clients.authenticate(_one_credential(request, "x-api-key"),
+                                         client_address(request))
     except FavoritesError:
         await limit_address(request)
         raise
