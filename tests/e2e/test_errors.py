@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,23 @@ async def test_missing_and_invalid_tokens_are_401(client: httpx.AsyncClient) -> 
         response = await client.get("/v1/users/me/favorites", headers=headers)
         assert_problem(response, 401, "invalid-token")
         assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_a_credential_sent_twice_is_refused(client: httpx.AsyncClient) -> None:
+    """Two valid tokens of two users: neither is picked (a proxy may have checked the other)."""
+    first, second = uuid.uuid4(), uuid.uuid4()
+    twice = [("Authorization", bearer(first)["Authorization"]),
+             ("Authorization", bearer(second)["Authorization"])]
+    response = await client.get("/v1/users/me/favorites", headers=twice)
+    assert "more than one Authorization header" in assert_problem(
+        response, 401, "invalid-token")["detail"]
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert (await client.get("/v1/users/me/favorites", headers=twice[:1])).status_code == 200
+    body = {"user_id": str(second), "roles": ["user"]}
+    keys = [("X-API-Key", SERVICE["X-API-Key"])] * 2
+    assert_problem(await client.post("/v1/auth/tokens", json=body, headers=keys),
+                   401, "invalid-api-key")
+    assert (await client.post("/v1/auth/tokens", json=body, headers=keys[:1])).status_code == 201
 
 
 async def test_other_users_data_is_403(client: httpx.AsyncClient) -> None:
@@ -214,6 +232,12 @@ async def test_invalid_uuids_are_422(client: httpx.AsyncClient) -> None:
                  "/v1/products/xyz/favorites/count"):
         response = await client.get(path, headers=bearer(owner))
         assert_problem(response, 422, "validation-error")
+    # Spellings uuid.UUID would take: a misplaced hyphen, a sign, "_" between digits.
+    product = uuid.uuid4().hex
+    for spelling in (f"{product[:9]}-{product[9:12]}-{product[12:16]}-{product[16:20]}-"
+                     f"{product[20:]}", "+" + product[1:], product[:1] + "_" + product[2:]):
+        put = await client.put(f"/v1/users/me/favorites/{spelling}", headers=bearer(owner))
+        assert "product_id must be a UUID" in assert_problem(put, 422, "validation-error")["detail"]
 
 
 async def test_request_id_is_kept_when_valid_and_replaced_otherwise(
@@ -261,9 +285,12 @@ async def test_per_user_cap_is_409(capped: httpx.AsyncClient) -> None:
     assert count.json() == {"count": 2}
 
 
-async def test_database_down_is_503_and_not_ready(tmp_path: Path) -> None:
+async def test_database_down_is_503_and_not_ready(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     app = create_app(make_settings("postgresql://postgres@127.0.0.1:5999/none", tmp_path))
     async for c in started(app):
+        capsys.readouterr()
         ready = await c.get("/health/ready")
         assert ready.status_code == 503
         assert ready.json()["checks"]["database"] == "unavailable"
@@ -274,6 +301,12 @@ async def test_database_down_is_503_and_not_ready(tmp_path: Path) -> None:
                                headers={"Authorization": f"Bearer {token(uuid.uuid4())}"})
         assert_problem(response, 503, "dependency-unavailable")
         assert response.headers["retry-after"]
+        # The probe reports a state (WARN); the request it could not serve failed (ERROR).
+        levels = {line["message"]: line["level"] for line in map(json.loads, (
+            text for text in capsys.readouterr().out.splitlines() if text.startswith("{")))
+            if line.get("operation") == "httpRequest"}
+        assert levels == {"GET /health/ready 503": "WARN", "GET /health/live 200": "INFO",
+                          "GET /v1/users/{user_id}/favorites 503": "ERROR"}
 
 
 async def test_statement_timeout_is_503_not_500(

@@ -41,6 +41,16 @@ REQUEST_OPERATION = "httpRequest"
 #: answers after an exception passed through here: that answer is sent outside this middleware.
 UNHANDLED_ERROR_TRACEPARENT = "unhandled_error_traceparent"
 _ERROR_STATUS = Status(StatusCode.ERROR)
+#: Probe paths: their 503 is a state reported on purpose (draining after SIGTERM, the database
+#: unreachable), not a request that failed. Alerts leave them out of the error rate; the log does
+#: too, so that "level is ERROR" stays a list of requests that failed on our side.
+_PROBE_PREFIX = "/health/"
+
+
+def _level(status: int, path: str) -> int:
+    if status < 500:
+        return logging.INFO
+    return logging.WARNING if path.startswith(_PROBE_PREFIX) else logging.ERROR
 
 
 class ObservabilityMiddleware:
@@ -119,7 +129,7 @@ class ObservabilityMiddleware:
                 path = self._plain_route(scope)
             self._metrics.observe(method, path, status, elapsed)
             log_request_event(
-                logging.ERROR if status >= 500 else logging.INFO, f"{method} {path} {status}",
+                _level(status, path), f"{method} {path} {status}",
                 REQUEST_OPERATION, user_id=request.user_id, product_id=request.product_id,
                 duration_ms=round(elapsed * 1000, 3), status=status, path=path, exc_info=error,
             )
