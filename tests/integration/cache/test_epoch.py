@@ -133,6 +133,27 @@ async def test_a_failed_bump_keeps_the_instance_off_redis_until_it_is_retried() 
         await epoch.stop()
 
 
+async def test_a_failing_bump_is_retried_once_a_poll_with_one_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that cannot take the bump is not hammered: one retry per poll interval, one
+    ERROR line for the whole streak (it was a retry and a traceback per turn of the loop)."""
+    store = SlowStore()
+    store.release.set()
+    epoch = CacheEpoch(store, interval=0.1)
+    await epoch.start()
+    try:
+        store.fail = True
+        with caplog.at_level(logging.ERROR, logger="favorites.cache"):
+            await epoch.bump()
+            await asyncio.sleep(0.55)
+        assert 3 <= store.bumps <= 8  # the first, then about one per 0.1 s
+        assert len([r for r in caplog.records if "bump failed" in r.getMessage()]) == 1
+        assert not epoch.fresh
+    finally:
+        await epoch.stop()
+
+
 async def test_an_epoch_not_read_recently_is_not_trusted() -> None:
     now = [100.0]
     store = SlowStore()

@@ -116,9 +116,12 @@ class CacheEpoch:
         try:
             epoch = await self._store.bump()
         except Exception:
+            # Retried by the poll loop at its next tick, not at once: waking it here made a
+            # failing database take a retry, and an ERROR line, per turn of the event loop.
+            if not self._bump_failed:  # once per streak
+                log.exception("cache epoch bump failed: this instance skips Redis until a "
+                              "retry succeeds")
             self._bump_failed = True
-            log.exception("cache epoch bump failed: this instance skips Redis until it succeeds")
-            self._wake.set()
             return
         self.bumps += 1
         self._bump_failed = False
