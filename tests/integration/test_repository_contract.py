@@ -137,6 +137,9 @@ async def test_delete_all_and_batches(uow: SqlUnitOfWorkFactory) -> None:
     await _add(uow, *[Favorite(u, product, T0) for u in fans],
                *[Favorite(owner, uuid.uuid4(), T0) for _ in range(3)])
     async with uow() as work:
+        # Only the favorites of a product marked deleted: none while it is live.
+        assert await work.favorites.delete_batch_for_product(product, 3) == []
+        await work.products.mark_deleted(product, T0)
         first = await work.favorites.delete_batch_for_product(product, 3)
         second = await work.favorites.delete_batch_for_product(product, 3)
         assert await work.favorites.delete_all_for_user(owner) == 3

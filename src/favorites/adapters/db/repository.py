@@ -251,8 +251,14 @@ class SqlFavoritesRepository(_Repo):
         return int(result.rowcount)
 
     async def delete_batch_for_product(self, product_id: UUID, batch_size: int) -> list[UUID]:
+        """Up to ``batch_size`` favorites of a product marked deleted, deleted; none once it is
+        registered again (a purge still running then stops, and spares the favorites added since,
+        of a product that exists)."""
+        still_deleted = sa.exists().where(products.c.product_id == product_id,
+                                          products.c.deleted_at.is_not(None))
         batch = (
-            sa.select(_F.user_id, _F.product_id).where(_F.product_id == product_id).limit(batch_size)
+            sa.select(_F.user_id, _F.product_id)
+            .where(_F.product_id == product_id, still_deleted).limit(batch_size)
         )
         stmt = (
             sa.delete(favorites)
