@@ -3,10 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 log = logging.getLogger("favorites.tasks")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def to_completion(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even if the caller is cancelled, then pass the cancellation on.
+
+    For a write and what must follow its commit (the cache invalidation). Cancelled between the
+    two (a shutdown that gave up waiting for requests), a write would be in the database and its
+    invalidation lost, and the user's cached page would miss it until the entry expired; cancelled
+    during its one statement, the write may be committed without anyone knowing. A write is short
+    (the statement timeout bounds it), so it is finished instead, and only then is the caller's
+    cancellation raised. Its result or error is then dropped: nobody is waiting for the answer.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():  # the caller was cancelled, not the work: let the work finish
+            await asyncio.wait([task])
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("a write whose caller was cancelled failed", exc_info=error)
+        raise
+
+
+def runs_to_completion(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Awaitable[T]]:
+    """``to_completion`` for every call of ``method`` (a use case that writes)."""
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await to_completion(method(*args, **kwargs))
+    return wrapper
 
 
 def stop_if_cancelled() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -24,9 +25,11 @@ from favorites.service_layer.ports import (
     Clock,
     FavoritesCache,
     FeatureFlags,
+    UnitOfWork,
     UnitOfWorkFactory,
 )
 from favorites.service_layer.singleflight import SingleFlight
+from favorites.tasks import runs_to_completion
 
 MAX_PAGE = 50
 MAX_CONTAINS = 100
@@ -86,6 +89,7 @@ class FavoritesService:
         #: it. Bytes and strings only: nothing here for the garbage collector to walk.
         self._first_cursors: dict[bytes, str] = {}
 
+    @runs_to_completion
     async def add(
         self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None
     ) -> tuple[Favorite, bool]:
@@ -99,7 +103,7 @@ class FavoritesService:
         entry = AuditEntry(AuditAction.FAVORITE_ADDED, principal.subject, principal.actor_type,
                            str(user_id), product_id, request_id)
         # user_id marks this user as a recent writer: their next reads see this write.
-        async with self._uow(user_id=user_id) as uow:
+        async with self._invalidating(user_id) as uow:
             outcome, favorite = await uow.favorites.add(
                 Favorite(user_id, product_id, now), self._max_per_user, entry,
                 require_product=in_store, token_id=principal.token_id)
@@ -114,9 +118,27 @@ class FavoritesService:
             if outcome is AddOutcome.EXISTS:
                 return favorite, False
             await uow.commit()
-        await self._cache.invalidate_user(user_id)
         return favorite, True
 
+    @contextlib.asynccontextmanager
+    async def _invalidating(self, user_id: UUID) -> AsyncIterator[UnitOfWork]:
+        """A writing unit of work for ``user_id`` whose end invalidates the user's cache entries
+        whatever the outcome: the changes committed, nothing to change, or an error.
+
+        An error may come after the server committed (a connection lost while the reply was on
+        its way): the write is then done, and its invalidation must not be skipped. The client's
+        retry finds nothing left to change (the favorite exists, or is gone already), and by
+        then invalidating only when something changed would leave the entry stale for its whole
+        TTL. An invalidation costs one cache write; a refusal (revoked token, unknown product,
+        the cap) pays it too, which is rare enough not to matter.
+        """
+        try:
+            async with self._uow(user_id=user_id) as uow:
+                yield uow
+        finally:
+            await self._cache.invalidate_user(user_id)
+
+    @runs_to_completion
     async def bulk(
         self, principal: Principal, user_id: UUID, add: Sequence[UUID], remove: Sequence[UUID],
         request_id: str | None = None,
@@ -136,7 +158,7 @@ class FavoritesService:
         if adds and not in_store:
             _ensure_known(adds, await self._catalog.existing(adds))  # one batch lookup
         now = self._clock.now()
-        async with self._uow(user_id=user_id) as uow:
+        async with self._invalidating(user_id) as uow:
             if adds and in_store:
                 # Held until the commit: a deletion of one of them waits, and its purge then
                 # sees these favorites (as for a single add, in favorites_add()).
@@ -162,8 +184,6 @@ class FavoritesService:
                 for product_id in changed
             ], now)
             await uow.commit()
-        if result.added or result.removed:
-            await self._cache.invalidate_user(user_id)
         return result
 
     async def export(self, principal: Principal, user_id: UUID) -> list[Favorite]:
@@ -187,6 +207,7 @@ class FavoritesService:
         if not self._flags.enabled(ENABLE_FAVORITES_V2, user_id):
             raise FeatureNotEnabled("this endpoint is not enabled for this user yet")
 
+    @runs_to_completion
     async def remove(
         self, principal: Principal, user_id: UUID, product_id: UUID, request_id: str | None = None
     ) -> bool:
@@ -194,11 +215,9 @@ class FavoritesService:
         access.ensure_can_write(principal, user_id)
         entry = AuditEntry(AuditAction.FAVORITE_REMOVED, principal.subject, principal.actor_type,
                            str(user_id), product_id, request_id)
-        async with self._uow(user_id=user_id) as uow:
+        async with self._invalidating(user_id) as uow:
             removed = await uow.favorites.remove(user_id, product_id, entry, self._clock.now())
             await uow.commit()
-        if removed:
-            await self._cache.invalidate_user(user_id)
         return removed
 
     async def list_page(
@@ -321,6 +340,10 @@ class FavoritesService:
     ) -> None:
         # Written before the data is returned: a read we could not audit is not served.
         async with self._uow() as uow:
+            # Under the user's lock, which an erasure holds until it commits: otherwise this row,
+            # not yet committed, is invisible to the erasure's pseudonymisation and would be
+            # committed after it with the erased user's id in it.
+            await uow.favorites.lock_user(user_id)
             await uow.audit.record(
                 AuditEntry(AuditAction.FAVORITES_VIEWED_BY_ADMIN, principal.subject,
                            principal.actor_type, str(user_id), None, request_id),

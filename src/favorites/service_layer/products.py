@@ -8,6 +8,7 @@ from favorites.domain import access
 from favorites.domain.errors import CatalogIsExternal
 from favorites.domain.models import AuditAction, AuditEntry, Principal
 from favorites.service_layer.ports import Catalog, Clock, FavoritesCache, UnitOfWorkFactory
+from favorites.tasks import runs_to_completion
 
 #: Favorites of a deleted product are removed in batches this large so no transaction holds
 #: locks on a popular product's rows for long.
@@ -27,6 +28,7 @@ class ProductsService:
         self._clock = clock
         self._catalog_is_local = catalog_is_local
 
+    @runs_to_completion
     async def register(self, principal: Principal | None, product_id: UUID) -> bool:
         """True when the product is new (or deleted before and now back)."""
         if principal is not None:
@@ -48,6 +50,7 @@ class ProductsService:
             await uow.commit()
         return created
 
+    @runs_to_completion
     async def delete(
         self, principal: Principal, product_id: UUID, request_id: str | None = None
     ) -> None:

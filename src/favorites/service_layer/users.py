@@ -15,6 +15,7 @@ from favorites.service_layer.ports import (
     UnitOfWorkFactory,
     revoke_locally,
 )
+from favorites.tasks import runs_to_completion
 
 
 class UsersService:
@@ -34,6 +35,7 @@ class UsersService:
         digest = hmac.new(self._key, user_id.bytes, hashlib.sha256).hexdigest()
         return "erased:" + digest[:32]
 
+    @runs_to_completion
     async def erase(
         self, principal: Principal, user_id: UUID, request_id: str | None = None
     ) -> int:

@@ -1,0 +1,223 @@
+"""Writes against what may happen around them: a cancelled or failed request after its commit, a
+product registered again while its purge runs, an admin read while the user is erased."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from favorites.adapters.catalog.local import LocalCatalog
+from favorites.adapters.db.engine import PoolSettings, create_engine
+from favorites.adapters.db.tables import audit_log
+from favorites.adapters.db.uow import SqlUnitOfWorkFactory
+from favorites.domain.cursor import CursorCodec
+from favorites.domain.models import Principal, PrincipalKind
+from favorites.service_layer.clock import SystemClock
+from favorites.service_layer.favorites import FavoritesService
+from favorites.service_layer.products import ProductsService
+from favorites.service_layer.users import UsersService
+from tests.unit.fakes import RecordingCache
+
+CATALOG = Principal(PrincipalKind.SERVICE, "service:catalog",
+                    scopes=frozenset({"products:write", "users:erase"}))
+
+
+def user(owner: uuid.UUID, *roles: str) -> Principal:
+    return Principal(PrincipalKind.USER, str(owner), owner, roles=frozenset(roles or ("user",)),
+                     token_id=uuid.uuid4().hex)
+
+
+class _NoRevocations:
+    def revoke_locally(self, jti: str, expires_at: int) -> None:
+        return None
+
+
+@dataclass
+class Services:
+    engine: AsyncEngine
+    uow: SqlUnitOfWorkFactory
+    cache: RecordingCache
+    favorites: FavoritesService
+    products: ProductsService
+    users: UsersService
+
+    async def count(self, user_id: uuid.UUID) -> int:
+        async with self.uow(readonly=True) as work:
+            return await work.favorites.count_for_user(user_id)
+
+
+@pytest.fixture
+async def services(database_url: str) -> AsyncIterator[Services]:
+    engine = create_engine(database_url, PoolSettings(2, 6, 5000))
+    uow = SqlUnitOfWorkFactory(engine)
+    cache, clock = RecordingCache(), SystemClock()
+    catalog = LocalCatalog(uow.on_primary())
+    yield Services(
+        engine, uow, cache,
+        FavoritesService(uow, catalog, cache, CursorCodec(b"k" * 32), clock, max_per_user=100),
+        ProductsService(uow, catalog, cache, clock),
+        UsersService(uow, cache, clock, b"p" * 32, _NoRevocations()),
+    )
+    await engine.dispose()
+
+
+def after_commit(service: FavoritesService, then: Callable[[], Any]) -> None:
+    """Every writing unit of work of ``service`` runs ``then()`` (awaited if it returns an
+    awaitable) right after its commit went through: the moment a request can be cancelled or
+    its connection lost with the write already done."""
+    real = service._uow
+
+    def factory(**kwargs: Any) -> Any:
+        work = real(**kwargs)
+        if kwargs.get("readonly"):
+            return work
+
+        class Hooked:
+            async def __aenter__(self) -> Any:
+                inner = await work.__aenter__()
+                commit = inner.commit
+
+                async def commit_then() -> None:
+                    await commit()
+                    outcome = then()
+                    if asyncio.iscoroutine(outcome):
+                        await outcome
+
+                inner.commit = commit_then
+                return inner
+
+            async def __aexit__(self, *exc: Any) -> None:
+                await work.__aexit__(*exc)
+
+        return Hooked()
+
+    service._uow = factory  # type: ignore[assignment]
+
+
+async def test_a_request_cancelled_after_its_commit_still_invalidates(
+    services: Services,
+) -> None:
+    """A shutdown that gave up waiting cancels the request: the add is finished (its statement
+    was committed) and the cache invalidated, and only then is the cancellation raised."""
+    owner, product = uuid.uuid4(), uuid.uuid4()
+    await services.products.register(CATALOG, product)
+    caller: list[asyncio.Future[Any]] = []
+
+    async def cancel_the_caller() -> None:
+        caller[0].cancel()
+        await asyncio.sleep(0.01)  # where the cancellation would land
+
+    after_commit(services.favorites, cancel_the_caller)
+    caller.append(asyncio.ensure_future(services.favorites.add(user(owner), owner, product)))
+    with pytest.raises(asyncio.CancelledError):
+        await caller[0]
+    assert await services.count(owner) == 1
+    assert services.cache.invalidated == [owner]
+
+
+async def test_an_error_after_the_commit_still_invalidates_and_so_does_the_retry(
+    services: Services,
+) -> None:
+    """The reply to the commit lost (the connection dropped): the add is in the database, the
+    request fails, and the client retries; the retry finds the favorite there already. Both
+    invalidate, or the user's cached page would miss the add for its whole TTL."""
+    owner, product = uuid.uuid4(), uuid.uuid4()
+    await services.products.register(CATALOG, product)
+    lose = [True]
+
+    def connection_lost() -> None:
+        if lose[0]:
+            lose[0] = False
+            raise ConnectionResetError("the reply to COMMIT never came")
+
+    after_commit(services.favorites, connection_lost)
+    with pytest.raises(ConnectionResetError):
+        await services.favorites.add(user(owner), owner, product)
+    assert services.cache.invalidated == [owner]
+    _, created = await services.favorites.add(user(owner), owner, product)
+    assert not created
+    assert services.cache.invalidated == [owner, owner]
+    assert await services.favorites.remove(user(owner), owner, product)
+    assert not await services.favorites.remove(user(owner), owner, product)  # a retried remove
+    assert services.cache.invalidated == [owner] * 4
+
+
+async def test_a_purge_stops_when_the_product_is_registered_again(services: Services) -> None:
+    """DELETE answers 202 and purges in the background; the product registered again meanwhile
+    is live, and a favorite added since must not be purged with the old ones."""
+    early, late, product = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await services.products.register(CATALOG, product)
+    await services.favorites.add(user(early), early, product)
+    await services.products.delete(CATALOG, product)
+    assert await services.products.register(CATALOG, product)  # "deleted before and now back"
+    _, created = await services.favorites.add(user(late), late, product)
+    assert created
+    assert await services.products.purge_favorites(product) == 0  # the purge's next batch
+    assert (await services.count(early), await services.count(late)) == (1, 1)
+    # Without the registration, the purge does what it is for.
+    await services.products.delete(CATALOG, product)
+    assert await services.products.purge_favorites(product) == 2
+    assert (await services.count(early), await services.count(late)) == (0, 0)
+
+
+async def test_an_erasure_waits_for_an_admin_read_being_audited(
+    services: Services, postgres_url: str,
+) -> None:
+    """The admin read's audit row, not committed yet, would be invisible to the erasure's
+    pseudonymisation and then committed with the user's id in it: the two take the same lock."""
+    if services.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serialises every writer already (BEGIN IMMEDIATE)")
+    admin, victim, product = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await services.products.register(CATALOG, product)
+    await services.favorites.add(user(victim), victim, product)
+    recorded, go_on = asyncio.Event(), asyncio.Event()
+
+    async def pause() -> None:
+        recorded.set()
+        await go_on.wait()
+
+    real_factory = services.favorites._uow
+
+    def factory(**kwargs: Any) -> Any:  # only the admin read's audit has no user_id
+        work = real_factory(**kwargs)
+        if kwargs.get("readonly") or "user_id" in kwargs:
+            return work
+
+        class Paused:
+            async def __aenter__(self) -> Any:
+                inner = await work.__aenter__()
+                commit = inner.commit
+
+                async def paused_commit() -> None:
+                    await pause()
+                    await commit()
+
+                inner.commit = paused_commit
+                return inner
+
+            async def __aexit__(self, *exc: Any) -> None:
+                await work.__aexit__(*exc)
+
+        return Paused()
+
+    services.favorites._uow = factory  # type: ignore[assignment]
+    read = asyncio.ensure_future(services.favorites.count(user(admin, "admin"), victim, "r1"))
+    await asyncio.wait_for(recorded.wait(), 5)
+    erasure = asyncio.ensure_future(services.users.erase(CATALOG, victim, "r2"))
+    await asyncio.sleep(0.3)
+    assert not erasure.done()  # waiting for the admin read's lock
+    go_on.set()
+    await asyncio.wait_for(read, 5)
+    assert await asyncio.wait_for(erasure, 5) == 1
+    async with services.engine.connect() as conn:
+        naming = (await conn.execute(sa.select(audit_log.c.action).where(sa.or_(
+            audit_log.c.subject_user_id == str(victim),
+            audit_log.c.actor_id == str(victim))))).scalars().all()
+    assert naming == []
