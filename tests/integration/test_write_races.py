@@ -68,15 +68,23 @@ async def services(database_url: str) -> AsyncIterator[Services]:
     await engine.dispose()
 
 
-def after_commit(service: FavoritesService, then: Callable[[], Any]) -> None:
-    """Every writing unit of work of ``service`` runs ``then()`` (awaited if it returns an
-    awaitable) right after its commit went through: the moment a request can be cancelled or
-    its connection lost with the write already done."""
+def around_commit(service: FavoritesService, *, before: Callable[[], Any] | None = None,
+                  after: Callable[[], Any] | None = None,
+                  only: Callable[[dict[str, Any]], bool] = lambda kwargs: True) -> None:
+    """Every writing unit of work of ``service`` (that ``only`` picks by its arguments) runs
+    ``before()`` just before its commit and ``after()`` right after it went through (each
+    awaited if it returns an awaitable): where a request can be paused, cancelled, or lose its
+    connection with the write already done."""
     real = service._uow
+
+    async def call(hook: Callable[[], Any] | None) -> None:
+        outcome = hook() if hook is not None else None
+        if asyncio.iscoroutine(outcome):
+            await outcome
 
     def factory(**kwargs: Any) -> Any:
         work = real(**kwargs)
-        if kwargs.get("readonly"):
+        if kwargs.get("readonly") or not only(kwargs):
             return work
 
         class Hooked:
@@ -84,13 +92,12 @@ def after_commit(service: FavoritesService, then: Callable[[], Any]) -> None:
                 inner = await work.__aenter__()
                 commit = inner.commit
 
-                async def commit_then() -> None:
+                async def hooked_commit() -> None:
+                    await call(before)
                     await commit()
-                    outcome = then()
-                    if asyncio.iscoroutine(outcome):
-                        await outcome
+                    await call(after)
 
-                inner.commit = commit_then
+                inner.commit = hooked_commit
                 return inner
 
             async def __aexit__(self, *exc: Any) -> None:
@@ -114,7 +121,7 @@ async def test_a_request_cancelled_after_its_commit_still_invalidates(
         caller[0].cancel()
         await asyncio.sleep(0.01)  # where the cancellation would land
 
-    after_commit(services.favorites, cancel_the_caller)
+    around_commit(services.favorites, after=cancel_the_caller)
     caller.append(asyncio.ensure_future(services.favorites.add(user(owner), owner, product)))
     with pytest.raises(asyncio.CancelledError):
         await caller[0]
@@ -137,7 +144,7 @@ async def test_an_error_after_the_commit_still_invalidates_and_so_does_the_retry
             lose[0] = False
             raise ConnectionResetError("the reply to COMMIT never came")
 
-    after_commit(services.favorites, connection_lost)
+    around_commit(services.favorites, after=connection_lost)
     with pytest.raises(ConnectionResetError):
         await services.favorites.add(user(owner), owner, product)
     assert services.cache.invalidated == [owner]
@@ -183,31 +190,8 @@ async def test_an_erasure_waits_for_an_admin_read_being_audited(
         recorded.set()
         await go_on.wait()
 
-    real_factory = services.favorites._uow
-
-    def factory(**kwargs: Any) -> Any:  # only the admin read's audit has no user_id
-        work = real_factory(**kwargs)
-        if kwargs.get("readonly") or "user_id" in kwargs:
-            return work
-
-        class Paused:
-            async def __aenter__(self) -> Any:
-                inner = await work.__aenter__()
-                commit = inner.commit
-
-                async def paused_commit() -> None:
-                    await pause()
-                    await commit()
-
-                inner.commit = paused_commit
-                return inner
-
-            async def __aexit__(self, *exc: Any) -> None:
-                await work.__aexit__(*exc)
-
-        return Paused()
-
-    services.favorites._uow = factory  # type: ignore[assignment]
+    # Only the admin read's audit has no user_id.
+    around_commit(services.favorites, before=pause, only=lambda kwargs: "user_id" not in kwargs)
     read = asyncio.ensure_future(services.favorites.count(user(admin, "admin"), victim, "r1"))
     await asyncio.wait_for(recorded.wait(), 5)
     erasure = asyncio.ensure_future(services.users.erase(CATALOG, victim, "r2"))
