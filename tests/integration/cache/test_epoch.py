@@ -37,12 +37,12 @@ class SlowStore:
             raise OSError("database unreachable")
         return self.epoch
 
-    async def bump(self) -> int:
+    async def bump(self, floor: int = 0) -> int:
         self.bumps += 1
         await self.release.wait()
         if self.fail:
             raise OSError("database unreachable")
-        self.epoch += 1
+        self.epoch = max(self.epoch, floor) + 1
         return self.epoch
 
 
@@ -240,6 +240,42 @@ async def test_the_epoch_row_on_postgres_counts_up(pg_engine: AsyncEngine) -> No
     before = await repository.read()
     assert await repository.bump() == before + 1
     assert await repository.read() == before + 1
+
+
+async def test_a_bump_goes_past_the_callers_epoch_whatever_the_row_holds(
+    database_url: str,
+) -> None:
+    """A row deleted, or a database restored with an older epoch: a bump must still retire the
+    entries stored under the epoch the instances are at, so it counts from there."""
+    engine = create_engine(database_url, PoolSettings(1, 2, 5000))
+    repository = CacheEpochRepository(engine)
+    try:
+        at = await repository.read() + 10  # the session's other tests never see it go down
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("DELETE FROM cache_epoch"))
+        assert await repository.bump(at) == at + 1  # the row recreated above the floor
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE cache_epoch SET epoch = 2"))
+        assert await repository.bump(at + 1) == at + 2  # the row went back
+        assert await repository.bump(0) == at + 3  # a floor below the row changes nothing
+        assert await repository.read() == at + 3
+    finally:
+        await engine.dispose()
+
+
+async def test_an_epoch_read_lower_than_the_current_one_is_bumped_past(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = SlowStore()
+    store.release.set()
+    epoch = CacheEpoch(store, interval=60)
+    await epoch.sync()
+    assert epoch.current == 7
+    store.epoch = 1  # restored from an older backup
+    with caplog.at_level(logging.WARNING, logger="favorites.cache"):
+        await epoch.sync()
+    assert (epoch.current, store.epoch, epoch.fresh) == (8, 8, True)
+    assert any("went back from 7 to 1" in r.getMessage() for r in caplog.records)
 
 
 def test_migration_0002_creates_seeds_and_drops_the_epoch_table(tmp_path: Path) -> None:

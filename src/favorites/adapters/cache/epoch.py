@@ -43,7 +43,7 @@ _REPORT_EVERY = 60.0
 class EpochStore(Protocol):
     async def read(self) -> int: ...
 
-    async def bump(self) -> int: ...
+    async def bump(self, floor: int) -> int: ...
 
 
 class CacheEpoch:
@@ -95,6 +95,13 @@ class CacheEpoch:
     async def sync(self) -> None:
         started = self._clock()
         epoch = await self._store.read()
+        if epoch < self.current:
+            # The row went back (deleted, or the database restored): entries under the epochs
+            # between may predate invalidations it lost. Move every instance past them.
+            log.warning("cache epoch went back from %d to %d; bumping past it",
+                        self.current, epoch)
+            await self.bump()
+            return
         self._advance(epoch, started)
 
     async def bump(self) -> None:
@@ -114,7 +121,7 @@ class CacheEpoch:
         self._running_round, self._pending_round = self._pending_round, None
         started = self._clock()
         try:
-            epoch = await self._store.bump()
+            epoch = await self._store.bump(self.current)
         except Exception:
             # Retried by the poll loop at its next tick, not at once: waking it here made a
             # failing database take a retry, and an ERROR line, per turn of the event loop.

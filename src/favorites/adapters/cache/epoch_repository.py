@@ -26,14 +26,18 @@ class CacheEpochRepository:
             ).scalar()
         return int(value or 0)
 
-    async def bump(self) -> int:
-        """Increment and return the new epoch (recreating the row should it be missing)."""
-        insert = (postgresql.insert if self._engine.dialect.name == "postgresql"
-                  else sqlite.insert)(cache_epoch)
+    async def bump(self, floor: int = 0) -> int:
+        """Increment and return the new epoch, above ``floor`` (the caller's current epoch)
+        whatever the row holds: a row deleted and recreated, or a database restored from a
+        backup or failed over to a replica that missed the last bumps, would otherwise count from
+        an epoch below the one entries are stored under, and a bump would retire nothing."""
+        pg = self._engine.dialect.name == "postgresql"
+        insert = (postgresql.insert if pg else sqlite.insert)(cache_epoch)
+        higher = sa.func.greatest if pg else sa.func.max  # SQLite's two-argument max() is scalar
         stmt = (
-            insert.values(id=_ROW, epoch=1)
+            insert.values(id=_ROW, epoch=floor + 1)
             .on_conflict_do_update(index_elements=["id"],
-                                   set_={"epoch": cache_epoch.c.epoch + 1})
+                                   set_={"epoch": higher(cache_epoch.c.epoch, floor) + 1})
             .returning(cache_epoch.c.epoch)
         )
         async with self._engine.connect() as conn:
