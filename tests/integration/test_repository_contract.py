@@ -192,20 +192,29 @@ async def test_revoked_tokens_window(uow: SqlUnitOfWorkFactory) -> None:
 
 
 async def test_audit_pseudonymisation(uow: SqlUnitOfWorkFactory) -> None:
-    owner = str(uuid.uuid4())
+    """Every row naming the user, as subject or as actor: their own actions, an admin's reads
+    of their list, their reads (as an admin) of someone else's, an action on nobody."""
+    owner, admin, other = (str(uuid.uuid4()) for _ in range(3))
+    request = uuid.uuid4().hex
+    rows_in = [(owner, owner, "favorite.added"), (admin, owner, "favorites.viewed_by_admin"),
+               (owner, other, "favorites.viewed_by_admin"), (owner, None, "product.deleted"),
+               (other, other, "favorite.added")]
     async with uow() as work:
-        await work.audit.record(AuditEntry(AuditAction.FAVORITE_ADDED, owner, "user", owner,
-                                           uuid.uuid4(), "r1"), T0)
-        assert await work.audit.pseudonymise_user(owner, "erased:abc") == 2
+        for actor, subject, action in rows_in:
+            await work.audit.record(AuditEntry(AuditAction(action), actor, "user", subject,
+                                               uuid.uuid4(), request), T0)
+        assert await work.audit.pseudonymise_user(owner, "erased:abc") == 4  # rows changed
         await work.commit()
     async with uow(readonly=True) as work:
         conn = work._conn
         assert conn is not None
         rows = (await conn.sqlalchemy().execute(
             sa.select(audit_log.c.actor_id, audit_log.c.subject_user_id)
-            .where(audit_log.c.request_id == "r1", audit_log.c.actor_id == "erased:abc")
+            .where(audit_log.c.request_id == request).order_by(audit_log.c.id)
         )).all()
-    assert rows == [("erased:abc", "erased:abc")]
+    assert [tuple(row) for row in rows] == [
+        ("erased:abc", "erased:abc"), (admin, "erased:abc"), ("erased:abc", other),
+        ("erased:abc", None), (other, other)]
 
 
 async def _favorites_of(uow: SqlUnitOfWorkFactory, user: uuid.UUID) -> set[uuid.UUID]:

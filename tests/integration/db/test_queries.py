@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from favorites.adapters.db import migrate
 from favorites.adapters.db.engine import PoolSettings, create_engine
 from favorites.adapters.db.repository import SqlFavoritesRepository
+from favorites.adapters.db.tables import ACTED_ELSEWHERE, audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from tests.conftest import drop_postgres, fresh_postgres_url
 from tests.integration.db.explain import EXPLAINERS, PER_USER, describe, nodes, populate
@@ -146,3 +147,38 @@ async def test_warm_opens_the_pool_minimum_up_front(postgres_url: str) -> None:
         assert factory.primary.pool.checkedin() == 3  # type: ignore[attr-defined]
     finally:
         await factory.dispose()
+
+
+async def test_an_erasure_finds_the_users_audit_rows_by_index(
+    engine: AsyncEngine, populated: tuple[str, list[uuid.UUID]],
+) -> None:
+    """Both of the erasure's statements on the audit log walk an index: a scan of the whole log,
+    under the user's lock, would pass the statement timeout at production size. The rows in
+    which a user acted on someone else are few, and only they are in the second index."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(
+            "INSERT INTO audit_log (occurred_at, actor_id, actor_type, action, subject_user_id,"
+            " outcome) SELECT now(), u::text, 'user', 'favorite.added', u::text, 'success'"
+            " FROM (SELECT gen_random_uuid() AS u FROM generate_series(1, 20000)) AS users"))
+        await conn.execute(sa.text(
+            "INSERT INTO audit_log (occurred_at, actor_id, actor_type, action, subject_user_id,"
+            " outcome) SELECT now(), 'admin-' || (n % 5), 'user', 'favorites.viewed_by_admin',"
+            " gen_random_uuid()::text, 'success' FROM generate_series(1, 200) AS n"))
+        await conn.execute(sa.text("ANALYZE audit_log"))
+    someone = str(uuid.uuid4())
+    statements = (
+        sa.update(audit_log).where(audit_log.c.subject_user_id == someone)
+        .values(subject_user_id="erased:x"),
+        sa.update(audit_log).where(audit_log.c.actor_id == someone, ACTED_ELSEWHERE)
+        .values(actor_id="erased:x"),
+    )
+    used = []
+    async with engine.connect() as conn:
+        for statement in statements:
+            sql = str(statement.compile(dialect=conn.dialect,
+                                        compile_kwargs={"literal_binds": True}))
+            plan = (await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}")).scalar_one()
+            scans = [n for n in nodes(plan[0]["Plan"]) if "Scan" in n["Node Type"]]
+            assert all(n["Node Type"] != "Seq Scan" for n in scans), describe(plan[0]["Plan"])
+            used.append({n.get("Index Name") for n in scans} - {None})
+    assert used == [{"ix_audit_log_subject_user_id"}, {"ix_audit_log_actor_elsewhere"}]

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from favorites.adapters.db.tables import (
+    ACTED_ELSEWHERE,
     audit_log,
     favorites,
     products,
@@ -311,13 +312,19 @@ class SqlAuditRepository(_Repo):
             await self._conn.execute(_RECORD_AUDIT, [_audit_row(e, at) for e in entries])
 
     async def pseudonymise_user(self, user_id: str, pseudonym: str) -> int:
+        """Rows changed. Two statements, each on an index: the rows about the user, their own
+        actions among them, through the subject's; then the rows in which they acted on someone
+        else (or nobody) through migration 0008's partial index, which only holds those."""
         subject = await self._conn.execute(
             sa.update(audit_log)
             .where(audit_log.c.subject_user_id == user_id)
-            .values(subject_user_id=pseudonym)
+            .values(subject_user_id=pseudonym,
+                    actor_id=sa.case((audit_log.c.actor_id == user_id, pseudonym),
+                                     else_=audit_log.c.actor_id))
         )
         actor = await self._conn.execute(
-            sa.update(audit_log).where(audit_log.c.actor_id == user_id).values(actor_id=pseudonym)
+            sa.update(audit_log).where(audit_log.c.actor_id == user_id, ACTED_ELSEWHERE)
+            .values(actor_id=pseudonym)
         )
         return int(subject.rowcount) + int(actor.rowcount)
 

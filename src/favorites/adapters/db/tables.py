@@ -68,6 +68,12 @@ audit_log = sa.Table(
     sa.Column("request_id", sa.String(128), nullable=True),
     sa.Column("outcome", sa.String(32), nullable=False),
 )
+#: Rows in which the actor is not the subject: an admin's reads, a service's changes (migration
+#: 0008's partial index, which the erasure's second statement names to use it).
+ACTED_ELSEWHERE = sa.or_(audit_log.c.subject_user_id.is_(None),
+                         audit_log.c.subject_user_id != audit_log.c.actor_id)
+sa.Index("ix_audit_log_actor_elsewhere", audit_log.c.actor_id,
+         postgresql_where=ACTED_ELSEWHERE, sqlite_where=ACTED_ELSEWHERE)
 
 #: One row (id 1): the cache epoch, see ``favorites.adapters.cache.epoch`` (migration 0002).
 cache_epoch = sa.Table(
