@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from favorites.service_layer.revocation import RevocationList
 from favorites.service_layer.tokens import TokenService
 from favorites.service_layer.users import UsersService
 
+log = logging.getLogger("favorites.products")
 
 @dataclass
 class Container:
@@ -94,6 +96,7 @@ class Container:
             await self.caches.start()  # the cache epoch's poll loop; never blocks start-up
         if self.http_catalog is not None:
             await self.http_catalog.start()
+        self.spawn(_resume_purges(self.products), name="resume-purges")
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run work past the response (product purge); kept referenced and awaited at close."""
@@ -115,6 +118,18 @@ class Container:
             await self.database.dispose()  # the primary's and every replica's pool
         else:
             await self.engine.dispose()
+
+
+async def _resume_purges(products: ProductsService) -> None:
+    """In the background: start-up does not wait for a purge a previous process left."""
+    try:
+        removed = await products.resume_purges()
+    except Exception:
+        log.warning("resuming unfinished product purges failed; the next start tries again",
+                    exc_info=True)
+        return
+    if removed:
+        log.info("unfinished product purges resumed", extra={"removed": removed})
 
 
 def build_jwt(settings: Settings, defaults: embedded.EmbeddedDefaults) -> JwtCodec:

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,10 +20,13 @@ from favorites.adapters.db.tables import audit_log
 from favorites.adapters.db.uow import SqlUnitOfWorkFactory
 from favorites.domain.cursor import CursorCodec
 from favorites.domain.models import Principal, PrincipalKind
+from favorites.entrypoints.http.app import create_app
 from favorites.service_layer.clock import SystemClock
 from favorites.service_layer.favorites import FavoritesService
 from favorites.service_layer.products import ProductsService
 from favorites.service_layer.users import UsersService
+from tests.conftest import make_settings, started
+from tests.helpers import bearer
 from tests.unit.fakes import RecordingCache
 
 CATALOG = Principal(PrincipalKind.SERVICE, "service:catalog",
@@ -205,3 +209,40 @@ async def test_an_erasure_waits_for_an_admin_read_being_audited(
             audit_log.c.subject_user_id == str(victim),
             audit_log.c.actor_id == str(victim))))).scalars().all()
     assert naming == []
+
+
+async def test_purges_left_unfinished_are_resumed(services: Services) -> None:
+    """A process that stopped while purging (a deploy, a crash), or a batch that failed: the
+    product is marked deleted and some of its favorites are left. ``resume_purges`` finishes
+    them, and leaves a product registered again alone."""
+    fans, gone, back = [uuid.uuid4() for _ in range(3)], uuid.uuid4(), uuid.uuid4()
+    for product in (gone, back):
+        await services.products.register(CATALOG, product)
+        for fan in fans:
+            await services.favorites.add(user(fan), fan, product)
+        await services.products.delete(CATALOG, product)  # marked; its purge never ran
+    await services.products.register(CATALOG, back)
+    services.cache.invalidated.clear()
+    # At least these three: the session's database may hold others' unfinished purges too.
+    assert await services.products.resume_purges() >= 3
+    assert [await services.count(fan) for fan in fans] == [1, 1, 1]  # ``back``'s favorite each
+    assert set(fans) <= set(services.cache.invalidated)
+    assert await services.products.resume_purges() == 0
+
+
+async def test_a_start_resumes_the_purges_a_previous_process_left(
+    database_url: str, tmp_path: Path,
+) -> None:
+    fan, product = uuid.uuid4(), uuid.uuid4()
+    async for client in started(create_app(make_settings(database_url, tmp_path))):
+        container = client._transport.app.state.container  # type: ignore[attr-defined]
+        await container.products.register(CATALOG, product)
+        await container.favorites.add(user(fan), fan, product)
+        await container.products.delete(CATALOG, product)  # and the process stops here
+    async for client in started(create_app(make_settings(database_url, tmp_path))):
+        for _ in range(100):
+            count = await client.get("/v1/users/me/favorites/count", headers=bearer(fan))
+            if count.json() == {"count": 0}:
+                break
+            await asyncio.sleep(0.05)
+        assert count.json() == {"count": 0}

@@ -134,6 +134,10 @@ class FakeProducts:
                        for_share: bool = False) -> set[UUID]:
         return {p for p in product_ids if p in self.s.products and self.s.products[p] is None}
 
+    async def deleted_with_favorites(self, limit: int) -> list[UUID]:
+        named = {product for _, product in self.s.favorites}
+        return [p for p, at in self.s.products.items() if at is not None and p in named][:limit]
+
 
 class FakeAudit:
     def __init__(self, state: State):

@@ -81,6 +81,9 @@ class ProductsRepository(Protocol):
         """The ids that exist and are not deleted. ``for_share``: in a writing unit of work,
         keep them so until it ends (a deletion waits for it), as an add of them needs."""
 
+    async def deleted_with_favorites(self, limit: int) -> list[UUID]:
+        """Products marked deleted that some favorite still names: purges left unfinished."""
+
 
 class AuditRepository(Protocol):
     async def record(self, entry: AuditEntry, at: datetime) -> None: ...

@@ -13,6 +13,8 @@ from favorites.tasks import runs_to_completion
 #: Favorites of a deleted product are removed in batches this large so no transaction holds
 #: locks on a popular product's rows for long.
 DELETE_BATCH = 1000
+#: Unfinished purges looked up at a time at start-up (``resume_purges``).
+RESUME_BATCH = 100
 
 
 class ProductsService:
@@ -77,6 +79,20 @@ class ProductsService:
             raise CatalogIsExternal(
                 "products are registered in the product service (FAVORITES_PRODUCT_SERVICE_URL)"
             )
+
+    async def resume_purges(self) -> int:
+        """Finish the purges a process did not: it stopped (a deploy, a crash) while one ran,
+        or a batch failed. Run at start-up, so a deleted product's favorites never stay in lists,
+        counts and hearts for good. Several instances starting at once purge the same products
+        side by side, which is only the same deletes done twice."""
+        removed = 0
+        while True:
+            async with self._uow() as uow:  # the primary: a replica may lag behind a purge
+                pending = await uow.products.deleted_with_favorites(RESUME_BATCH)
+            for product_id in pending:
+                removed += await self.purge_favorites(product_id)
+            if len(pending) < RESUME_BATCH:
+                return removed
 
     async def purge_favorites(self, product_id: UUID) -> int:
         removed_total = 0

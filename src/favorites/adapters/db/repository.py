@@ -285,6 +285,12 @@ class SqlProductsRepository(_Repo):
         await self._conn.execute(stmt)
         return True
 
+    async def deleted_with_favorites(self, limit: int) -> list[UUID]:
+        named = sa.exists().where(_F.product_id == products.c.product_id)  # ix_favorites_product_id
+        stmt = (sa.select(products.c.product_id)
+                .where(products.c.deleted_at.is_not(None), named).limit(limit))
+        return list((await self._conn.execute(stmt)).scalars().all())
+
     async def mark_deleted(self, product_id: UUID, at: datetime) -> bool:
         stmt = self._insert(products).values(product_id=product_id, deleted_at=at)
         stmt = stmt.on_conflict_do_update(

@@ -66,5 +66,5 @@ async def _purge(products: ProductsService, product_id: UUID) -> None:
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("product purge failed; repeat the DELETE to resume",
+        log.exception("product purge failed; repeat the DELETE, or the next start resumes it",
                       extra={"productId": str(product_id)})
