@@ -1,4 +1,5 @@
-"""Background tasks (syncs, flushes) stop the same way everywhere."""
+"""Tasks and cancellation: background loops (syncs, flushes) stop the same way everywhere, and
+writes finish even when the request that made them is cancelled."""
 
 from __future__ import annotations
 
