@@ -59,6 +59,18 @@ class Services:
 
 @pytest.fixture
 async def services(database_url: str) -> AsyncIterator[Services]:
+    async for built in _services(database_url):
+        yield built
+
+
+@pytest.fixture
+async def pg_services(postgres_url: str) -> AsyncIterator[Services]:
+    """PostgreSQL only: where SQLite serialises every writer already (BEGIN IMMEDIATE)."""
+    async for built in _services(postgres_url):
+        yield built
+
+
+async def _services(database_url: str) -> AsyncIterator[Services]:
     engine = create_engine(database_url, PoolSettings(2, 6, 5000))
     uow = SqlUnitOfWorkFactory(engine)
     cache, clock = RecordingCache(), SystemClock()
@@ -178,13 +190,10 @@ async def test_a_purge_stops_when_the_product_is_registered_again(services: Serv
     assert (await services.count(early), await services.count(late)) == (0, 0)
 
 
-async def test_an_erasure_waits_for_an_admin_read_being_audited(
-    services: Services, postgres_url: str,
-) -> None:
+async def test_an_erasure_waits_for_an_admin_read_being_audited(pg_services: Services) -> None:
     """The admin read's audit row, not committed yet, would be invisible to the erasure's
     pseudonymisation and then committed with the user's id in it: the two take the same lock."""
-    if services.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite serialises every writer already (BEGIN IMMEDIATE)")
+    services = pg_services
     admin, victim, product = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await services.products.register(CATALOG, product)
     await services.favorites.add(user(victim), victim, product)
