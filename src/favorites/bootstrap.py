@@ -48,6 +48,7 @@ from favorites.service_layer.products import ProductsService
 from favorites.service_layer.revocation import RevocationList
 from favorites.service_layer.tokens import TokenService
 from favorites.service_layer.users import UsersService
+from favorites.tasks import wait_for_writes
 
 log = logging.getLogger("favorites.products")
 
@@ -105,6 +106,7 @@ class Container:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        await wait_for_writes(within=5)  # the statement timeout; the grace period allows 5 s
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         await self.revocations.stop()

@@ -14,6 +14,10 @@ log = logging.getLogger("favorites.tasks")
 P = ParamSpec("P")
 T = TypeVar("T")
 
+#: Writes still running (``to_completion``), whose callers may be gone: a shutdown waits for them
+#: (``wait_for_writes``) before it closes the pools and caches they need.
+_writes: set[asyncio.Future[Any]] = set()
+
 
 async def to_completion(work: Coroutine[Any, Any, T]) -> T:
     """Run ``work`` to its end even if the caller is cancelled, then pass the cancellation on.
@@ -26,6 +30,8 @@ async def to_completion(work: Coroutine[Any, Any, T]) -> T:
     cancellation raised. Its result or error is then dropped: nobody is waiting for the answer.
     """
     task = asyncio.ensure_future(work)
+    _writes.add(task)
+    task.add_done_callback(_writes.discard)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -34,6 +40,17 @@ async def to_completion(work: Coroutine[Any, Any, T]) -> T:
         if not task.cancelled() and (error := task.exception()) is not None:
             log.warning("a write whose caller was cancelled failed", exc_info=error)
         raise
+
+
+async def wait_for_writes(within: float) -> None:
+    """At shutdown, before closing what writes use: uvicorn cancels the requests still running
+    when its graceful timeout ends, and then runs the lifespan's shutdown; their writes go on
+    (``to_completion``) and would otherwise find the pools closed, or be cancelled for good when
+    the event loop ends, committed and not invalidated."""
+    loop = asyncio.get_running_loop()
+    running = [task for task in _writes if task.get_loop() is loop]
+    if running:
+        await asyncio.wait(running, timeout=within)
 
 
 def runs_to_completion(

@@ -255,3 +255,32 @@ async def test_a_start_resumes_the_purges_a_previous_process_left(
                 break
             await asyncio.sleep(0.05)
         assert count.json() == {"count": 0}
+
+
+async def test_a_shutdown_waits_for_the_writes_of_cancelled_requests(
+    database_url: str, tmp_path: Path,
+) -> None:
+    """uvicorn cancels what still runs when its graceful timeout ends, then runs the lifespan's
+    shutdown: a write going on past its cancelled request is finished, invalidation included,
+    before the pools and caches it needs are closed."""
+    fan, product = uuid.uuid4(), uuid.uuid4()
+    invalidated: list[uuid.UUID] = []
+    async for client in started(create_app(make_settings(database_url, tmp_path))):
+        container = client._transport.app.state.container  # type: ignore[attr-defined]
+        await container.products.register(CATALOG, product)
+        cache = container.favorites._cache
+        async def recording(user_id: uuid.UUID, invalidate: Any = cache.invalidate_user) -> None:
+            await invalidate(user_id)
+            invalidated.append(user_id)
+
+        cache.invalidate_user = recording
+        around_commit(container.favorites, before=lambda: asyncio.sleep(1.0))
+        request = asyncio.ensure_future(container.favorites.add(user(fan), fan, product))
+        await asyncio.sleep(0.2)  # inside the write, before its commit
+        request.cancel()  # and, as uvicorn does, on to the shutdown without waiting for it
+    assert invalidated == [fan]  # done before the shutdown above returned
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    async for client in started(create_app(make_settings(database_url, tmp_path))):
+        count = await client.get("/v1/users/me/favorites/count", headers=bearer(fan))
+        assert count.json() == {"count": 1}
