@@ -52,6 +52,7 @@ from favorites.tasks import wait_for_writes
 
 log = logging.getLogger("favorites.products")
 
+
 @dataclass
 class Container:
     """Everything a request handler may use, built once per process."""

@@ -69,7 +69,8 @@ async def authenticate_user(request: Request) -> Principal:
     return principal
 
 
-def _one_credential(request: Request, name: str) -> str | None:
+def _one_credential(request: Request, name: str,
+                    refused: type[InvalidToken | InvalidApiKey]) -> str | None:
     """The single value of a credential header, or None when there is none.
 
     Sent twice, a credential is refused rather than one of its values picked: a proxy in front
@@ -77,15 +78,13 @@ def _one_credential(request: Request, name: str) -> str | None:
     values, so a second one is never legitimate)."""
     values = request.headers.getlist(name)
     if len(values) > 1:
-        if name == "authorization":
-            raise InvalidToken("more than one Authorization header")
-        raise InvalidApiKey(f"more than one {name} header")
+        raise refused(f"more than one {name} header")
     return values[0] if values else None
 
 
 def verify_user(request: Request) -> Principal:
     refuse_credentials_in_query(request)
-    header = _one_credential(request, "authorization")
+    header = _one_credential(request, "Authorization", InvalidToken)
     if not header:
         raise InvalidToken("missing bearer token")
     scheme, _, token = header.partition(" ")
@@ -168,7 +167,7 @@ async def authenticate_service(request: Request) -> Principal:
     try:
         refuse_credentials_in_query(request)
         clients: ServiceClients = request.app.state.service_clients
-        principal = clients.authenticate(_one_credential(request, "x-api-key"),
+        principal = clients.authenticate(_one_credential(request, "X-API-Key", InvalidApiKey),
                                          client_address(request))
     except FavoritesError:
         await limit_address(request)
