@@ -15,10 +15,12 @@ spread of the per-round figures says how far to trust their median.
 
 ``--mixed-cache cold`` empties the Redis database of ``FAVORITES_REDIS_URL`` before every mixed
 slice (nearly every list of 200,000 users then misses: the worst case, right after a flush);
-``steady`` empties it once, sends the mixed traffic unmeasured for ``--steady-warmup`` seconds
-(600: a page lives 300 s ± 10 % from its load, and until the first ones expire the hit ratio is
-higher than the traffic can keep) so the cache holds what this traffic keeps in it, and never
-empties it again (the state of a service that has been up for a while). The hello and cached-list slices
+``steady`` empties it once, sends the mixed traffic for ``--steady-warmup`` seconds (600: a page
+lives 300 s ± 10 % from its load, and until the first ones expire the hit ratio is higher than the
+traffic can keep) so the cache holds what this traffic keeps in it, and never empties it again
+(the state of a service that has been up for a while). That warm-up is reported window by window
+(``--steady-window``), outside the rounds: how its rate and hit ratio settle says whether it was
+long enough, and its last windows are the same traffic without interleaving. The hello and cached-list slices
 between two mixed slices would let entries expire that continuous mixed traffic renews: in steady
 mode every mixed slice after the first follows ``--steady-topup`` seconds of unmeasured mixed
 traffic. The hit ratio of every slice is reported beside its throughput.
@@ -75,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steady-warmup", type=float, default=600.0,
                    help="steady: seconds of mixed traffic before the first round (600: two "
                         "lives of a cached page, so that some have expired and been reloaded)")
+    p.add_argument("--steady-window", type=float, default=60.0,
+                   help="steady: the warm-up is measured in windows this long, each reported "
+                        "(60): whether the rate still climbs at its end says whether the "
+                        "warm-up was long enough")
     p.add_argument("--steady-topup", type=float, default=60.0,
                    help="steady: seconds of unmeasured mixed traffic before every mixed slice "
                         "after the first (60)")
@@ -144,6 +150,30 @@ async def measure(server: run.Server, workload: Workload, connections: int, seco
     }
 
 
+def combine(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Consecutive windows of one closed loop as one: rates over the whole time; the page hit
+    ratio and CPU per request weighted by each window's requests (the traffic's mix is the same
+    in each, so its share of lists is too)."""
+    requests = sum(w["requests"] for w in windows)
+    seconds = sum(w["to_s"] - w["from_s"] for w in windows)
+    weight = max(1, requests)
+    hits = [(w["page_hit_ratio"], w["requests"]) for w in windows
+            if w["page_hit_ratio"] is not None]
+    rss = [w["peak_worker_rss_mib"] for w in windows if w["peak_worker_rss_mib"] is not None]
+    return {
+        "rate": round(requests / seconds, 1) if seconds else 0.0,
+        "requests": requests,
+        "errors": sum(w["errors"] for w in windows),
+        "page_hit_ratio": round(sum(h * n for h, n in hits) / max(1, sum(n for _, n in hits)), 3)
+        if hits else None,
+        "cpu_ms_per_request": {
+            key: round(sum(w["cpu_ms_per_request"][key] * w["requests"] for w in windows)
+                       / weight, 3)
+            for key in ("server", "postgres", "generator")},
+        "peak_worker_rss_mib": max(rss) if rss else None,
+    }
+
+
 def summarize_rounds(rounds: Sequence[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Per-round ratios and the medians, with the targets' verdicts."""
     ratios = [r["list-cached"]["rate"] / r["hello"]["rate"] for r in rounds
@@ -202,6 +232,16 @@ def table(result: dict[str, Any]) -> list[str]:
         f"rounds)",
         f"- errors: {s['errors']}",
     ]
+    windows = result.get("steady_warmup_windows")
+    if windows:
+        lines += ["", "The steady state's warm-up (mixed traffic from an emptied Redis, not "
+                  "interleaved), window by window:", "",
+                  "| seconds | mixed req/s | page hits | server CPU ms per request |",
+                  "|---|---|---|---|"]
+        lines += [f"| {w['from_s']:g}-{w['to_s']:g} | {w['rate']:,.0f} | "
+                  + (f"{100 * w['page_hit_ratio']:.1f} %" if w["page_hit_ratio"] is not None
+                     else "?")
+                  + f" | {w['cpu_ms_per_request']['server']:.3f} |" for w in windows]
     repeated = [r["mixed"].get("repeated_adds") for r in result["rounds"]]
     if any(x is not None and x > report.REPEATED_ADDS for x in repeated):
         lines.append("- REPEATED WRITES: adds found their favorite already there in "
@@ -236,10 +276,21 @@ async def compare(args: argparse.Namespace, hello: run.Server, service: run.Serv
         run.flush_redis(redis_url or "")
         print(f"steady state: Redis emptied, {args.steady_warmup:g} s of mixed traffic ...")
         server, workload, _ = workloads["mixed"]
-        warm = await measure(server, workload, args.connections, args.steady_warmup,
-                             args.timeout, database)
-        print(f"  {warm['rate']:,.0f} req/s, page hits {warm['page_hit_ratio']}")
+        windows = []
+        elapsed = 0.0
+        while elapsed < args.steady_warmup:
+            seconds = min(args.steady_window, args.steady_warmup - elapsed)
+            window = await measure(server, workload, args.connections, seconds, args.timeout,
+                                   database)
+            window["from_s"], window["to_s"] = elapsed, elapsed + seconds
+            elapsed += seconds
+            print(f"  {window['from_s']:g}-{window['to_s']:g} s: {window['rate']:,.0f} req/s, "
+                  f"page hits {window['page_hit_ratio']}")
+            windows.append(window)
+        warm = combine(windows)
+        print(f"  in all: {warm['rate']:,.0f} req/s, page hits {warm['page_hit_ratio']}")
         context["steady_warmup_result"] = warm
+        context["steady_warmup_windows"] = windows
     rounds: list[dict[str, dict[str, Any]]] = []
     for i in range(args.rounds):
         current: dict[str, dict[str, Any]] = {}
@@ -317,6 +368,8 @@ def _run(args: argparse.Namespace, command: str, shape: Any, machine: dict[str, 
         "config": {"rounds": args.rounds, "slice_s": args.slice,
                    "connections": args.connections, "mixed_cache": args.mixed_cache,
                    "steady_warmup_s": args.steady_warmup if args.mixed_cache == "steady"
+                   else None,
+                   "steady_window_s": args.steady_window if args.mixed_cache == "steady"
                    else None,
                    "steady_topup_s": args.steady_topup if args.mixed_cache == "steady" else None,
                    "hot_users": args.hot_users, "workers": args.workers,
