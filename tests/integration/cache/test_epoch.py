@@ -278,6 +278,45 @@ async def test_an_epoch_read_lower_than_the_current_one_is_bumped_past(
     assert any("went back from 7 to 1" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_read_that_started_before_a_bump_is_not_the_epoch_going_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The poll's read and this instance's own bump overlap: the read's snapshot predates the
+    bump, so it returns the epoch from before. Taken for the row going back, it bumped again:
+    a second retirement of every entry for nothing (seen under load, right after the first)."""
+    store = SlowStore()
+    store.release.set()
+    snapshot_taken, answer = asyncio.Event(), asyncio.Event()
+    answer.set()
+
+    async def read() -> int:
+        value = store.epoch  # the snapshot, when the statement starts
+        snapshot_taken.set()
+        await answer.wait()
+        return value
+
+    store.read = read  # type: ignore[method-assign]
+    ticks = iter(range(1, 1_000_000))
+    epoch = CacheEpoch(store, interval=60, clock=lambda: next(ticks) / 1000)
+    await epoch.sync()
+    answer.clear()
+    snapshot_taken.clear()
+    poll = asyncio.create_task(epoch.sync())
+    await snapshot_taken.wait()
+    await epoch.bump()
+    answer.set()
+    with caplog.at_level(logging.WARNING, logger="favorites.cache"):
+        await poll
+    assert (epoch.current, store.epoch, store.bumps, epoch.fresh) == (8, 8, 1, True)
+    assert not any("went back" in r.getMessage() for r in caplog.records)
+    # A read that starts after the bump and still finds less is the row going back.
+    store.epoch = 3
+    with caplog.at_level(logging.WARNING, logger="favorites.cache"):
+        await epoch.sync()
+    assert (epoch.current, store.bumps) == (9, 2)
+    assert any("went back from 8 to 3" in r.getMessage() for r in caplog.records)
+
+
 def test_migration_0002_creates_seeds_and_drops_the_epoch_table(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     sync = sa.create_engine(url)

@@ -65,6 +65,10 @@ class CacheEpoch:
         self._max_staleness = max_staleness
         self._clock = clock
         self.current = 0
+        #: When ``current`` last rose: a read that started before may return the value from
+        #: before (its snapshot predates this instance's own bump), which is not the row going
+        #: back.
+        self._raised_at = float("-inf")
         self._synced_at = float("-inf")  # when the last successful read or bump *started*
         self._required_after = float("-inf")
         self._bump_failed = False
@@ -95,7 +99,7 @@ class CacheEpoch:
     async def sync(self) -> None:
         started = self._clock()
         epoch = await self._store.read()
-        if epoch < self.current:
+        if epoch < self.current and started >= self._raised_at:
             # The row went back (deleted, or the database restored): entries under the epochs
             # between may predate invalidations it lost. Move every instance past them.
             log.warning("cache epoch went back from %d to %d; bumping past it",
@@ -168,7 +172,9 @@ class CacheEpoch:
             await self.bump()
 
     def _advance(self, epoch: int, started: float) -> None:
-        self.current = max(self.current, epoch)
+        if epoch > self.current:
+            self.current = epoch
+            self._raised_at = self._clock()
         self._synced_at = max(self._synced_at, started)
 
     async def start(self) -> None:
