@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from favorites.adapters.cache import policy
 from favorites.adapters.cache.memory import Entries, Versions
 from favorites.adapters.cache.redis import RedisFavoritesCache
 from favorites.adapters.cache.redis_client import server_identity
+from favorites.adapters.catalog.breaker import BreakerState
 from favorites.adapters.db.recent_writers import RedisRecentWriters
 from favorites.domain.models import Favorite
 from favorites.domain.pages import FirstPage
@@ -206,6 +208,38 @@ async def test_an_invalidation_whose_caller_is_cancelled_is_still_delivered(
         await invalidation
     await gate.close()  # as at shutdown: waits for the invalidation still on its way
     assert not gate._shielded
+    assert await cache.get_count(user_id) is None
+
+
+@pytest.mark.parametrize("failed_calls", [1, 2])
+async def test_an_invalidation_is_sent_again_once_before_every_entry_is_retired(
+    redis_backed: Instance, monkeypatch: pytest.MonkeyPatch, failed_calls: int,
+) -> None:
+    """A busy moment can drop the connection with an invalidation in flight. Retiring every
+    entry of every instance for it (the epoch) emptied the whole cache under load; the
+    invalidation is sent once more first, and only a second failure bumps the epoch."""
+    instance = redis_backed
+    gate = instance.caches.gate
+    assert gate is not None
+    cache = instance.caches.favorites
+    assert isinstance(cache, RedisFavoritesCache)
+    user_id = uuid.uuid4()
+    await cache.set_count(user_id, 1, await cache.version(user_id))
+    real_set, failures = cache._set, [failed_calls]
+
+    async def flaky_set(key: str, value: bytes | str, ttl_ms: int) -> object:
+        if failures[0]:
+            failures[0] -= 1
+            raise RedisConnectionError(f"connection to Redis lost ({failures[0]})")
+        return await real_set(key, value, ttl_ms)
+
+    monkeypatch.setattr(cache, "_set", flaky_set)
+    epoch = gate.epoch.current
+    await cache.invalidate_user(user_id)
+    assert failures == [0]
+    assert gate.breaker.state is BreakerState.CLOSED
+    assert gate.epoch.bumps == failed_calls - 1
+    assert (gate.epoch.current > epoch) is (failed_calls == 2)
     assert await cache.get_count(user_id) is None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -82,18 +83,26 @@ async def test_a_caller_that_gives_up_early_leaves_the_replies_in_order(
 
 
 async def test_a_hung_server_fails_callers_then_the_connection_is_replaced(
-        server: RedisServer) -> None:
+        server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     redis = _client(server)
     await redis.execute("SET", "k", "v")
     server.pause()
     others = [asyncio.ensure_future(redis.execute("GET", "k")) for _ in range(5)]
     started = time.monotonic()
-    with pytest.raises(RedisConnectionError):  # no reply within the 0.1 s read timeout: hung
+    with caplog.at_level(logging.WARNING, logger="favorites.cache"), \
+            pytest.raises(RedisConnectionError):  # no reply within the 0.1 s read timeout: hung
         await redis.execute("GET", "k")
     assert time.monotonic() - started < 0.5  # bounded with no timeout of the caller's own
+    errors = set()
     for other in others:  # closing the hung connection fails everyone still waiting on it
-        with pytest.raises(RedisConnectionError):
+        with pytest.raises(RedisConnectionError) as failed:
             await other
+        errors.add(id(failed.value))
+    assert len(errors) == 1  # one event, one error (the breaker counts it once)
+    closed = [r for r in caplog.records if r.getMessage().startswith("Redis connection closed")]
+    assert len(closed) == 1
+    assert closed[0].__dict__["inFlight"] == 6
+    assert closed[0].__dict__["waitedMs"] >= 100
     server.resume()
     assert await redis.execute("GET", "k") == b"v"
     await redis.aclose()
@@ -138,6 +147,24 @@ async def test_a_restarted_server_is_reconnected_to(server: RedisServer) -> None
         await redis.execute("GET", "k")  # refused while it is down
     server.start()
     assert await redis.execute("GET", "k") == b"v"
+    await redis.aclose()
+
+
+async def test_callers_waiting_for_one_failed_connection_attempt_share_its_error(
+    server: RedisServer,
+) -> None:
+    """One attempt failed, one error: the breaker counts it once, not once per waiting caller
+    (ten requests waiting for one refused connection are not ten failures of Redis)."""
+    redis = _client(server)
+    server.kill()
+    errors = await asyncio.gather(*(redis.execute("GET", "k") for _ in range(10)),
+                                  return_exceptions=True)
+    assert all(isinstance(e, RedisConnectionError) for e in errors)
+    assert len({id(e) for e in errors}) == 1
+    second = await asyncio.gather(redis.execute("GET", "k"), return_exceptions=True)
+    assert isinstance(second[0], RedisConnectionError)
+    assert second[0] is not errors[0]
+    server.start()
     await redis.aclose()
 
 

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from favorites.adapters.cache import codec, policy
+from favorites.adapters.cache.epoch import CacheEpoch
+from favorites.adapters.cache.gate import SKIPPED, RedisGate
 from favorites.adapters.cache.redis import RedisFavoritesCache
 from favorites.adapters.cache.redis_client import build_redis_client, server_identity
 from favorites.adapters.catalog.breaker import BreakerState
 from favorites.domain.pages import FirstPage
 from tests.integration.cache.conftest import FAST, Instance, new_product, redis_instance, user
 from tests.integration.cache.servers import RedisServer
+from tests.integration.cache.test_epoch import SlowStore
 from tests.integration.cache.test_read_your_writes import add, listed
 
 
@@ -274,4 +278,31 @@ async def test_an_unreachable_redis_has_no_identity_rather_than_an_error(
         server.kill()
         assert await server_identity(client) is None  # refused
     finally:
+        await client.aclose()
+
+
+async def test_one_event_failing_every_call_in_flight_counts_once_for_the_breaker() -> None:
+    """A lost connection fails all its commands with one error: thirty requests in flight when
+    a busy worker's watchdog closed it opened the breaker (three failures), and every write
+    then retired the whole cache. Distinct failures (Redis refusing each new connection) still
+    open it at the threshold."""
+    store = SlowStore()
+    store.release.set()
+    client = Redis.from_url("redis://127.0.0.1:9")
+    gate = RedisGate(client, CacheEpoch(store))
+    lost = RedisConnectionError("connection to Redis lost: closed")
+
+    async def fails(error: Exception) -> None:
+        raise error
+
+    try:
+        for _ in range(30):
+            assert await gate.call(lambda: fails(lost)) is SKIPPED
+        assert (gate.failures, gate.breaker.state) == (30, BreakerState.CLOSED)
+        assert await gate.call(lambda: fails(RedisConnectionError("refused"))) is SKIPPED
+        assert gate.breaker.state is BreakerState.CLOSED
+        assert await gate.call(lambda: fails(RedisConnectionError("refused"))) is SKIPPED
+        assert gate.breaker.state is BreakerState.OPEN
+    finally:
+        await gate.close()
         await client.aclose()

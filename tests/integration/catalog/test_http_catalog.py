@@ -173,6 +173,9 @@ async def test_breaker_opens_fails_fast_and_closes_when_the_service_is_back(
     # One WARN per outage, when it begins; its probes and the recovery are INFO.
     assert [r.levelname for r in caplog.records if r.name == BREAKER_LOG] == [
         "WARNING", "INFO", "INFO"]
+    # The line that opens it says what failed last.
+    opened = next(r for r in caplog.records if r.name == BREAKER_LOG)
+    assert opened.__dict__["lastFailure"] == "server_error"  # mode "error": a 500
 
 
 async def test_half_open_lets_one_probe_through_and_a_failed_probe_reopens(

@@ -74,6 +74,8 @@ class RedisGate:
         self._bypass_tokens = itertools.count(1)
         #: Failed or timed-out calls (tests, logs).
         self.failures = 0
+        #: The error of the last failure the breaker counted (see ``call``).
+        self._counted: BaseException | None = None
         #: Work that outlives its caller's cancellation (``shielded``), awaited by ``close``.
         self._shielded: set[asyncio.Future[None]] = set()
         on_breaker_state(BreakerState.CLOSED.value)
@@ -105,9 +107,17 @@ class RedisGate:
             else:
                 async with deadline(self.deadline):
                     result = await op()
-        except REDIS_ERRORS:
+        except REDIS_ERRORS as exc:
             self.failures += 1
-            self.breaker.failure()
+            if exc is self._counted and self.breaker.state is BreakerState.CLOSED:
+                # One event failing every call in flight (the multiplexed connection lost or
+                # closed by its watchdog gives them all the same error) is one failure: a busy
+                # moment with thirty commands in flight is not three failed attempts to reach
+                # Redis. A Redis that is really down fails the reconnections that follow.
+                self.breaker.release()
+                return SKIPPED
+            self._counted = exc
+            self.breaker.failure(repr(exc))
             return SKIPPED
         except BaseException:
             self.breaker.release()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from typing import Any, cast
 
 import hiredis
@@ -46,6 +47,8 @@ from favorites.transports import CoalescingTransport
 
 #: A watchdog firing this much after it was due found the event loop busy (see the module doc).
 _LATE = 0.01
+
+log = logging.getLogger("favorites.cache")
 
 
 class _Connection(asyncio.Protocol):
@@ -126,6 +129,14 @@ class _Connection(asyncio.Protocol):
             self._graced = oldest  # the loop was busy: let it send and read first (module doc)
             self._arm(now + self._read_timeout)
         else:
+            # Rare, and every command in flight fails with it: worth a line that says how long
+            # the oldest waited and whether this process, rather than Redis, was the slow one.
+            log.warning("Redis connection closed: no reply to a command sent %.0f ms ago "
+                        "(%d in flight; this check ran %.0f ms late)", (now - oldest) * 1000,
+                        len(self._pending), (now - self._due) * 1000,
+                        extra={"waitedMs": round((now - oldest) * 1000, 1),
+                               "inFlight": len(self._pending),
+                               "lateMs": round((now - self._due) * 1000, 1)})
             self.close()
 
     def close(self) -> None:
@@ -149,7 +160,7 @@ class MultiplexedRedis:
         self._connecting: asyncio.Lock | None = None
         #: Connection attempts finished so far, and why the last one failed (None: it did not).
         self._attempts = 0
-        self._failure: str | None = None
+        self._failure: RedisConnectionError | None = None
 
     @classmethod
     def like(cls, client: Redis) -> MultiplexedRedis | None:
@@ -210,7 +221,9 @@ class MultiplexedRedis:
             if self._attempts != attempts and self._failure is not None:
                 # An attempt that ended while this caller waited failed: one more in turn per
                 # waiting caller would make the last one wait for all of them in an outage.
-                raise RedisConnectionError(self._failure)
+                # The same error, not a copy: the breaker counts one failed attempt once,
+                # however many callers waited for it (see ``gate``).
+                raise self._failure.with_traceback(None)
             loop = asyncio.get_running_loop()
             host, port, path = self._address
             connection: _Connection | None = None
@@ -232,8 +245,8 @@ class MultiplexedRedis:
             except (OSError, TimeoutError, ResponseError) as exc:
                 if connection is not None:
                     connection.close()
-                self._failure = f"cannot connect to Redis: {exc!r}"
-                raise RedisConnectionError(self._failure) from None
+                self._failure = RedisConnectionError(f"cannot connect to Redis: {exc!r}")
+                raise self._failure from None
             except BaseException:  # cancelled: the half-opened connection is nobody's, and
                 if connection is not None:  # those waiting make their own attempt
                     connection.close()

@@ -30,6 +30,7 @@ from redis.asyncio import RedisCluster
 from favorites.adapters.cache import codec, policy
 from favorites.adapters.cache.gate import SKIPPED, RedisGate
 from favorites.adapters.cache.observer import LookupObserver, ignore_lookup
+from favorites.adapters.catalog.breaker import BreakerState
 from favorites.domain.pages import FirstPage
 
 PREFIX = "fav"
@@ -74,8 +75,16 @@ class _RedisCache:
         await self._gate.shielded(self._deliver_version(key, ttl))
 
     async def _deliver_version(self, key: str, ttl: float) -> None:
-        delivered = await self._gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),
-                                          bounded=self._gate.fast is not None)
+        gate = self._gate
+        delivered = await gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),
+                                    bounded=gate.fast is not None)
+        if delivered is SKIPPED and gate.breaker.state is BreakerState.CLOSED:
+            # One failed call is not yet Redis failing: a connection dropped while this process
+            # was busy fails every command in flight. Once more (on a new connection) before
+            # every entry of every instance is retired for it; an open breaker (Redis failing
+            # for several calls) is not asked again.
+            delivered = await gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),
+                                        bounded=gate.fast is not None)
         if delivered is SKIPPED:
             # Lost invalidation: an entry stored before the write may still be in Redis (and
             # Redis may come back with it): retire every entry by moving to a new epoch.

@@ -58,6 +58,8 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        #: What the failure that opened the breaker last was, for its WARN line.
+        self._reason: str | None = None
 
     def __repr__(self) -> str:
         return (f"CircuitBreaker(name={self.name!r}, state={self._state.value}, "
@@ -93,7 +95,10 @@ class CircuitBreaker:
         # A success reported while open comes from a call let through before the breaker opened:
         # only the probe decides when to close.
 
-    def failure(self) -> None:
+    def failure(self, reason: str | None = None) -> None:
+        """``reason``: what failed (an exception's repr), named in the line when this opens the
+        breaker: "open" alone does not tell an operator a refused connection from a timeout."""
+        self._reason = reason
         if self._state is BreakerState.HALF_OPEN:
             self._probe_in_flight = False
             self._open()
@@ -118,9 +123,10 @@ class CircuitBreaker:
         # One WARN per outage, when it begins; the probes while it lasts (open -> half-open ->
         # open, every reset_timeout) and the recovery are INFO, as the rate limiter logs them.
         level = logging.WARNING if old is BreakerState.CLOSED else logging.INFO
-        log.log(
-            level, "circuit breaker %s: %s -> %s", self.name, old.value, new.value,
-            extra={"breaker": self.name, "fromState": old.value, "toState": new.value},
-        )
+        extra = {"breaker": self.name, "fromState": old.value, "toState": new.value}
+        if new is BreakerState.OPEN and self._reason is not None:
+            extra["lastFailure"] = self._reason
+        log.log(level, "circuit breaker %s: %s -> %s", self.name, old.value, new.value,
+                extra=extra)
         if self._on_state_change is not None:
             self._on_state_change(old, new)

@@ -166,7 +166,7 @@ class HttpCatalog:
 
     def _failed(self, reason: str) -> DependencyUnavailable:
         self.outcomes[reason] += 1
-        self.breaker.failure()
+        self.breaker.failure(reason)
         log.debug("product service unavailable: %s", reason, extra={"reason": reason})
         # The call that opens the breaker already tells its caller the whole cool-down.
         retry_after = self.breaker.retry_after() if self.breaker.state is BreakerState.OPEN else 1
