@@ -131,12 +131,12 @@ class _Connection(asyncio.Protocol):
         else:
             # Rare, and every command in flight fails with it: worth a line that says how long
             # the oldest waited and whether this process, rather than Redis, was the slow one.
+            waited, late = round((now - oldest) * 1000, 1), round((now - self._due) * 1000, 1)
             log.warning("Redis connection closed: no reply to a command sent %.0f ms ago "
-                        "(%d in flight; this check ran %.0f ms late)", (now - oldest) * 1000,
-                        len(self._pending), (now - self._due) * 1000,
-                        extra={"waitedMs": round((now - oldest) * 1000, 1),
-                               "inFlight": len(self._pending),
-                               "lateMs": round((now - self._due) * 1000, 1)})
+                        "(%d in flight; this check ran %.0f ms late)", waited,
+                        len(self._pending), late,
+                        extra={"waitedMs": waited, "inFlight": len(self._pending),
+                               "lateMs": late})
             self.close()
 
     def close(self) -> None:

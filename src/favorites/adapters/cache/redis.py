@@ -76,15 +76,17 @@ class _RedisCache:
 
     async def _deliver_version(self, key: str, ttl: float) -> None:
         gate = self._gate
-        delivered = await gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),
-                                    bounded=gate.fast is not None)
+
+        def send() -> Awaitable[Any]:
+            return self._set(key, _new_version(), _ms(ttl))
+
+        delivered = await gate.call(send, bounded=gate.fast is not None)
         if delivered is SKIPPED and gate.breaker.state is BreakerState.CLOSED:
             # One failed call is not yet Redis failing: a connection dropped while this process
             # was busy fails every command in flight. Once more (on a new connection) before
             # every entry of every instance is retired for it; an open breaker (Redis failing
             # for several calls) is not asked again.
-            delivered = await gate.call(lambda: self._set(key, _new_version(), _ms(ttl)),
-                                        bounded=gate.fast is not None)
+            delivered = await gate.call(send, bounded=gate.fast is not None)
         if delivered is SKIPPED:
             # Lost invalidation: an entry stored before the write may still be in Redis (and
             # Redis may come back with it): retire every entry by moving to a new epoch.
