@@ -93,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url",
                    default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
                    help="bench database, already seeded (python -m bench.seed)")
+    p.add_argument("--reseed", action="store_true",
+                   help="load the bench database's seed again first, so that the run starts "
+                        "from the seeded data (each steady-state run adds about 300,000 "
+                        "favorites; the data at the start is recorded either way)")
     p.add_argument("--results-dir", type=Path, default=run.RESULTS)
     p.add_argument("--random-seed", type=int, default=None,
                    help="seed of the traffic generator (default: a new one each run; see "
@@ -334,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench.compare: the bench database holds no complete seed; run "
                          "python -m bench.seed --users 200000 --per-user 50 first")
     print(f"seed: {shape.users:,} users x {shape.per_user} ({shape.favorites:,} favorites)")
+    if args.reseed:
+        seed.seed(args.database_url, shape)
+    data = asyncio.run(seed.data_state(args.database_url))
+    print(f"data at the start: {data['favorites']:,} favorites, "
+          f"{data['users_over_a_page']:,} users holding more than a page")
     machine = run.machine_info()
     machine["background_cpu_pct_before"] = run.wait_quiet(args.wait_quiet,
                                                           args.quiet_threshold)
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     service = run.Server("mixed", args.workers,
                          run.free_port(hello_port + 1), args.database_url)
     try:
-        return _run(args, command, shape, machine, hello, service)
+        return _run(args, command, shape, data, machine, hello, service)
     finally:
         try:
             hello.cleanup()
@@ -350,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             service.cleanup()
 
 
-def _run(args: argparse.Namespace, command: str, shape: Any, machine: dict[str, Any],
-         hello: run.Server, service: run.Server) -> int:
+def _run(args: argparse.Namespace, command: str, shape: Any, data: dict[str, int],
+         machine: dict[str, Any], hello: run.Server, service: run.Server) -> int:
     budget = argparse.Namespace(database_url=args.database_url, pg_headroom=args.pg_headroom,
                                 workers=args.workers)
     database_pool = run.pool_budget(budget, service)
@@ -363,6 +372,7 @@ def _run(args: argparse.Namespace, command: str, shape: Any, machine: dict[str, 
         "started_at": started_at.isoformat(timespec="seconds"),
         "seed": f"{shape.favorites:,} favorites ({shape.users:,} users x {shape.per_user}), "
                 f"{shape.products:,} products",
+        "data_at_start": data,
         "servers": {"hello": shlex.join(hello.command), "service": shlex.join(service.command),
                     "service_env": service.reported_env(), "database_pool": database_pool},
         "config": {"rounds": args.rounds, "slice_s": args.slice,
@@ -373,7 +383,7 @@ def _run(args: argparse.Namespace, command: str, shape: Any, machine: dict[str, 
                    else None,
                    "steady_topup_s": args.steady_topup if args.mixed_cache == "steady" else None,
                    "hot_users": args.hot_users, "workers": args.workers,
-                   "random_seed": args.random_seed},
+                   "random_seed": args.random_seed, "reseeded": args.reseed},
     }
     import uvloop
 
@@ -399,7 +409,10 @@ def _run(args: argparse.Namespace, command: str, shape: Any, machine: dict[str, 
         f"- machine: {machine['nproc']} cores, {machine.get('cpu_model', '?')}, kernel "
         f"{machine['kernel']}",
         f"- data: {result['seed']}; {args.connections} connections, {args.slice:g} s slices, "
-        f"{args.workers} workers per server", "", *lines, ""]), encoding="utf-8")
+        f"{args.workers} workers per server",
+        f"- data at the start: {data['favorites']:,} favorites, "
+        f"{data['users_over_a_page']:,} users holding more than a page"
+        f"{' (reseeded first)' if args.reseed else ''}", "", *lines, ""]), encoding="utf-8")
     print("\n".join(lines))
     print(f"wrote {json_path} and {md_path}")
     return 0
