@@ -16,7 +16,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from favorites.adapters.cache.multiplex import MultiplexedRedis
+from favorites.adapters.cache.multiplex import MultiplexedRedis, Reconnecting
 from favorites.adapters.cache.redis_client import build_redis_client
 from tests.integration.cache.servers import RedisServer
 
@@ -274,6 +274,30 @@ async def test_callers_waiting_for_a_connection_share_the_attempt_that_failed(
     assert redis._attempts == 1
     assert waited < 1.0  # one 0.1 s connect timeout, not twenty
     assert await redis.execute("GET", "k") is None  # the next caller tries again
+    await redis.aclose()
+
+
+async def test_a_read_does_not_wait_for_another_callers_connection_attempt(
+        server: RedisServer) -> None:
+    """A hung server takes each connection attempt a connect timeout, and the breaker opens
+    only after a few: a read queued behind them made every request of that time slower, where
+    the database could answer at once. Only the caller whose attempt it is waits for it."""
+    redis = _client(server)  # database 3: the SELECT gets no reply from a paused server
+    server.pause()
+    try:
+        attempt = asyncio.ensure_future(redis.execute("SET", "k", "v"))
+        await asyncio.sleep(0.01)  # the attempt is under way, waiting for its SELECT
+        started = time.monotonic()
+        with pytest.raises(Reconnecting):
+            await redis.execute("GET", "k", wait_for_connection=False)
+        assert time.monotonic() - started < 0.05
+        with pytest.raises(RedisConnectionError) as failed:
+            await attempt  # the attempt's own caller learns how it ended
+        assert not isinstance(failed.value, Reconnecting)
+    finally:
+        server.resume()
+    # With no attempt under way, a read opens the connection itself and waits for it.
+    assert await redis.execute("GET", "k", wait_for_connection=False) is None
     await redis.aclose()
 
 

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from favorites.adapters.cache.epoch import CacheEpoch
-from favorites.adapters.cache.multiplex import MultiplexedRedis
+from favorites.adapters.cache.multiplex import MultiplexedRedis, Reconnecting
 from favorites.adapters.cache.redis_client import RedisClient
 from favorites.adapters.catalog.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from favorites.deadlines import deadline
@@ -107,6 +107,11 @@ class RedisGate:
             else:
                 async with deadline(self.deadline):
                     result = await op()
+        except Reconnecting:
+            # A read that would have waited for a connection attempt under way (whose own
+            # caller the breaker hears from) goes to the database at once instead.
+            self.breaker.release()
+            return SKIPPED
         except REDIS_ERRORS as exc:
             self.failures += 1
             if exc is self._counted and self.breaker.state is BreakerState.CLOSED:

@@ -28,6 +28,11 @@ Failure behaviour, which the circuit breaker (``gate``) relies on:
   failed the commands in flight, which the breaker and the cache epoch take for an outage.
 - A closed or reset connection fails every waiting caller at once; the next command reconnects
   (within ``connect_timeout``), authenticating and selecting the database as redis-py would.
+- A read need not wait for that: ``execute(..., wait_for_connection=False)`` raises
+  ``Reconnecting`` at once while another caller's connection attempt is under way (that caller
+  learns, and the breaker counts, how it ends). A hung server costs each connection attempt a
+  ``connect_timeout``, and the breaker opens after a few; reads queued behind those attempts
+  made every request of that time a ``connect_timeout`` slower, where the database could answer.
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ from favorites.transports import CoalescingTransport
 _LATE = 0.01
 
 log = logging.getLogger("favorites.cache")
+
+
+class Reconnecting(RedisConnectionError):
+    """No connection, and another caller's attempt to open one is under way: not a call to
+    Redis that failed, so not a failure for the breaker (``gate``)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -185,9 +195,12 @@ class MultiplexedRedis:
         state = "connected" if self._connection and not self._connection.closed else "idle"
         return f"MultiplexedRedis({where}/{self._db}, {state})"
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: Any, wait_for_connection: bool = True) -> Any:
         connection = self._connection
         if connection is None or connection.closed:
+            if not wait_for_connection and self._connecting is not None \
+                    and self._connecting.locked():
+                raise Reconnecting("Redis connection being opened by another caller")
             connection = await self._connect()
         future, _ = connection.send(args)
         return await future

@@ -55,8 +55,9 @@ class _RedisCache:
         """Values of ``keys`` (one slot per entry/version pair); None when Redis was skipped."""
         client, fast = self._gate.client, self._gate.fast
         if fast is not None:
-            result = await self._gate.call(lambda: fast.execute("MGET", *keys), read=True,
-                                           bounded=True)
+            result = await self._gate.call(
+                lambda: fast.execute("MGET", *keys, wait_for_connection=False), read=True,
+                bounded=True)
         elif isinstance(client, RedisCluster) and len(keys) > 2:
             result = await self._gate.call(lambda: client.mget_nonatomic(keys), read=True)
         else:
@@ -99,7 +100,8 @@ class _RedisCache:
         epoch = gate.epoch.current
         fast = gate.fast
         version = await gate.call(
-            lambda: fast.execute("GET", key) if fast is not None else gate.client.get(key),
+            lambda: fast.execute("GET", key, wait_for_connection=False) if fast is not None
+            else gate.client.get(key),
             read=True, bounded=fast is not None)
         if version is SKIPPED:
             return gate.bypass_token()
