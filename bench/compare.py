@@ -95,8 +95,8 @@ def parser() -> argparse.ArgumentParser:
                    help="bench database, already seeded (python -m bench.seed)")
     p.add_argument("--reseed", action="store_true",
                    help="load the bench database's seed again first, so that the run starts "
-                        "from the seeded data (each steady-state run adds about 300,000 "
-                        "favorites; the data at the start is recorded either way)")
+                        "from the seeded data (the mixed traffic adds more than it removes; the "
+                        "data at the start is recorded either way)")
     p.add_argument("--results-dir", type=Path, default=run.RESULTS)
     p.add_argument("--random-seed", type=int, default=None,
                    help="seed of the traffic generator (default: a new one each run; see "

@@ -115,17 +115,19 @@ async def current_shape(url: str) -> SeedShape | None:
         await conn.close()
 
 
-async def data_state(url: str, page: int = 50) -> dict[str, int]:
-    """How far the data has moved from its seed: the mixed traffic adds about twice what it
-    removes, so every run leaves more favorites, and more users holding more than a ``page``
-    (whose hearts a cached first page can no longer answer). Recorded at the start of a run so
-    that runs on differently grown data are not compared as equals."""
+async def data_state(url: str) -> dict[str, int]:
+    """How far the data has moved from its seed: the mixed traffic adds twice as often as it
+    removes, so every run leaves more favorites, and more users holding more than a page (whose
+    hearts the cached first page can no longer answer). Recorded at the start of a run so that
+    runs on differently grown data are not compared as equals."""
+    from favorites.service_layer.favorites import MAX_PAGE
+
     conn = await asyncpg.connect(url)
     try:
         row = await conn.fetchrow(
             "SELECT count(*) AS users, coalesce(sum(n), 0) AS favorites, "
             "count(*) FILTER (WHERE n > $1) AS users_over_a_page "
-            "FROM (SELECT count(*) AS n FROM favorites GROUP BY user_id) AS per_user", page)
+            "FROM (SELECT count(*) AS n FROM favorites GROUP BY user_id) AS per_user", MAX_PAGE)
         assert row is not None, "an aggregate returns one row"
         return {"favorites": int(row["favorites"]), "users_with_favorites": int(row["users"]),
                 "users_over_a_page": int(row["users_over_a_page"])}
