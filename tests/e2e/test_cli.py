@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -204,19 +205,20 @@ def test_a_database_that_cannot_be_used_is_one_line_naming_it_without_its_passwo
     assert "hunter2" not in result.stdout + result.stderr
 
 
+async def _admin(*statements: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 def test_a_role_without_the_right_to_create_tables_is_one_line(tmp_path: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     database, role = f"favorites_cli_{suffix}", f"favorites_cli_{suffix}"
 
-    async def admin(*statements: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_URL)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE ROLE "{role}" LOGIN', f'CREATE DATABASE "{database}"'))
+    asyncio.run(_admin(f'CREATE ROLE "{role}" LOGIN', f'CREATE DATABASE "{database}"'))
     try:
         url = f"postgresql://{role}@{PG_BASE.split('@', 1)[1]}/{database}"
         result = run(tmp_path, "migrate", env=clean_env(FAVORITES_DATABASE_URL=url))
@@ -224,17 +226,60 @@ def test_a_role_without_the_right_to_create_tables_is_one_line(tmp_path: Path) -
         assert one_line(result) == (f"favorites: cannot use the database {url}: "
                                     "permission denied for schema public")
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
                           f'DROP ROLE IF EXISTS "{role}"'))
 
 
-def test_token_needs_no_database(tmp_path: Path) -> None:
-    """It signs with the configured key; an unusable database does not stop it."""
+def test_token_needs_no_database_and_says_it_cannot_be_revoked(tmp_path: Path) -> None:
+    """It signs with the configured key; an unusable database does not stop it. An operator
+    who hands it on is told that an erasure of the user would not revoke it."""
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     result = run(tmp_path, "token", "--user", str(uuid.uuid4()),
                  env=clean_env(FAVORITES_DATABASE_URL=url))
     assert result.returncode == 0
     assert result.stdout.count(".") == 2
+    assert one_line(result) == (
+        "favorites: warning: the token is not recorded, so an erasure of the user cannot revoke "
+        f"it before it expires (cannot use the database {url}: Connection refused)")
+
+
+def test_a_database_without_the_schema_says_to_migrate(tmp_path: Path) -> None:
+    """Not a traceback about a missing relation: the operator's next step. The token is still
+    given, with the warning; an import stops."""
+    database = f"favorites_cli_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{database}"'))
+    try:
+        url = f"{PG_BASE}/{database}"
+        env = clean_env(FAVORITES_DATABASE_URL=url)
+        said = f"cannot use the database {url}: it has no schema yet: run favorites migrate"
+        result = run(tmp_path, "token", "--user", str(uuid.uuid4()), env=env)
+        assert result.returncode == 0
+        assert result.stdout.count(".") == 2
+        assert one_line(result).endswith(f"({said})")
+        imported = run(tmp_path, "products", "add", str(uuid.uuid4()), env=env)
+        assert imported.returncode == 2
+        assert one_line(imported) == f"favorites: {said}"
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+def test_a_token_from_the_command_line_is_revoked_by_the_erasure_of_its_user(
+    tmp_path: Path,
+) -> None:
+    user = str(uuid.uuid4())
+    for served in _serve(tmp_path):
+        key = re.search(r"X-API-Key: (fav_\S+)", served.output)
+        assert key is not None
+        minted = run(tmp_path, "token", "--user", user)
+        assert (minted.returncode, minted.stderr) == (0, "")
+        with httpx.Client(base_url=served.base, timeout=5) as http:
+            bearer = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+            assert http.get("/v1/users/me/favorites", headers=bearer).status_code == 200
+            erased = http.delete(f"/internal/v1/users/{user}", headers={"X-API-Key": key[1]})
+            assert erased.status_code == 200
+            refused = http.get("/v1/users/me/favorites", headers=bearer)
+            assert refused.status_code == 401
+            assert refused.json()["detail"] == "token revoked"
 
 
 # products: the input

@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 
 from favorites import embedded
 from favorites.config import ConfigError, Settings, load_settings
+from favorites.domain.models import Principal, PrincipalKind
 
 
 def _settings() -> Settings:
@@ -267,7 +268,7 @@ def _database(url: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        problem = _database_problem(exc)
+        problem = _database_problem(exc) or _unmigrated(exc)
         if problem is None:
             raise
         print(f"favorites: cannot use the database {_masked(url)}: {problem}", file=sys.stderr)
@@ -290,15 +291,55 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The caller ``favorites token`` issues as: the operator at the machine, with the one scope the
+#: command uses.
+_OPERATOR = Principal(kind=PrincipalKind.SERVICE, subject="favorites-cli",
+                      scopes=frozenset({"tokens:issue"}))
+
+
+async def _issue_recorded(settings: Settings, user: UUID, roles: tuple[str, ...]) -> str:
+    from favorites import bootstrap
+
+    container = bootstrap.build(settings)
+    try:
+        pair = await container.tokens.issue(_OPERATOR, user, roles)
+    finally:
+        await container.engine.dispose()
+    return pair.access_token
+
+
 def cmd_token(args: argparse.Namespace) -> int:
+    """Recorded like a token of ``POST /v1/auth/tokens`` (its refresh token is thrown away), so an
+    erasure of the user revokes it. A database that cannot be used does not stop an operator
+    from getting a token: it is then signed alone, and stderr says it cannot be revoked."""
+    from favorites.adapters.db import migrate
+    from favorites.adapters.db.engine import is_sqlite
     from favorites.bootstrap import build_jwt
 
     settings = _settings()
-    token, _ = build_jwt(settings, embedded.resolve(settings)).mint(
-        args.user, ("admin",) if args.admin else ("user",)
-    )
+    roles = ("admin",) if args.admin else ("user",)
+    url = embedded.resolve(settings).database_url
+    try:
+        if is_sqlite(url):
+            migrate.upgrade(url)
+        token = asyncio.run(_issue_recorded(settings, args.user, roles))
+    except Exception as exc:
+        problem = _database_problem(exc) or _unmigrated(exc)
+        if problem is None:
+            raise
+        token, _ = build_jwt(settings, embedded.resolve(settings)).mint(args.user, roles)
+        print(f"favorites: warning: the token is not recorded, so an erasure of the user cannot "
+              f"revoke it before it expires (cannot use the database {_masked(url)}: {problem})",
+              file=sys.stderr)
     print(token)
     return 0
+
+
+def _unmigrated(exc: BaseException) -> str | None:
+    """The reason when the database has no schema yet (SQLSTATE 42P01, undefined table)."""
+    if str(getattr(getattr(exc, "orig", None), "sqlstate", "")) == "42P01":
+        return "it has no schema yet: run favorites migrate"
+    return None
 
 
 def _bad_input(message: str) -> SystemExit:
