@@ -52,6 +52,12 @@ from favorites.tasks import wait_for_writes
 
 log = logging.getLogger("favorites.products")
 
+#: How long the shutdown waits for writes still running (the statement timeout bounds them), then
+#: for background work (a product's purge; the next instance to start finishes one cut off). The
+#: pod's grace period must cover both after the drain and the in-flight requests.
+WRITES_WAIT_SECONDS = 5
+TASKS_WAIT_SECONDS = 10
+
 
 @dataclass
 class Container:
@@ -107,9 +113,9 @@ class Container:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        await wait_for_writes(within=5)  # the statement timeout; the grace period allows 5 s
+        await wait_for_writes(within=WRITES_WAIT_SECONDS)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+            await asyncio.wait(self._tasks, timeout=TASKS_WAIT_SECONDS)
         await self.revocations.stop()
         if self.http_catalog is not None:
             await self.http_catalog.aclose()

@@ -21,10 +21,12 @@ import pytest
 import uvicorn
 import yaml
 
+from favorites import bootstrap
 from favorites.adapters.flags import OpenFeatureFlags
 from favorites.config import ENV_PREFIX, SECRET_FIELDS, Settings
 from favorites.domain.flags import ENABLE_FAVORITES_V2
 from favorites.entrypoints import cli
+from favorites.entrypoints.http import health
 from favorites.observability import exposition, metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,8 +194,42 @@ def test_probes_match_the_health_endpoints_and_allow_30s_start() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert container["readinessProbe"]["failureThreshold"] == 3
+    # The kubelet's default of 1 s would fail a ready pod whose database answers in 1.5 s.
+    assert container["readinessProbe"]["timeoutSeconds"] > health.CHECK_TIMEOUT
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] == 30
+
+
+def test_a_new_revision_that_never_becomes_available_is_aborted() -> None:
+    """The analyses start only once the new pods are available: a crash loop would never reach
+    them, and would hang the rollout instead of rolling back (seed Step 9, rollback step 1)."""
+    spec = _rollout()["spec"]
+    assert spec["progressDeadlineAbort"] is True
+    assert spec["progressDeadlineSeconds"] <= 300  # the seed's rollback time target: < 5 min
+
+
+def test_disruptions_take_one_pod_at_a_time() -> None:
+    [pdb] = _docs("pdb.yaml")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": pdb["spec"]["selector"]}
+
+
+def test_every_pod_is_hardened_alike() -> None:
+    """The migration Job's pod runs the same image with the same secrets as the Rollout's."""
+    [job] = _docs("migrate-job.yaml")
+    for name, pod in (("rollout", _rollout()["spec"]["template"]["spec"]),
+                      ("migrate-job", job["spec"]["template"]["spec"])):
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001,
+                                          "runAsGroup": 10001,
+                                          "seccompProfile": {"type": "RuntimeDefault"}}, name
+        for container in pod["containers"]:
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]}}, name
+            assert "memory" in container["resources"]["limits"], name
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts, name  # noqa: S108 -- the pod's only writable path
+    assert job["spec"]["activeDeadlineSeconds"] > 0
 
 
 def test_every_favorites_variable_in_the_manifests_is_a_real_setting() -> None:
@@ -574,8 +610,10 @@ def test_termination_grace_period_covers_drain_and_in_flight_requests(
     cli._run_uvicorn(argparse.Namespace(host="127.0.0.1", port=8000, workers=1), Settings(), {})
     in_flight = captured["timeout_graceful_shutdown"]
     grace = _rollout()["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    waits = bootstrap.WRITES_WAIT_SECONDS + bootstrap.TASKS_WAIT_SECONDS  # the shutdown's own
     assert drain > 0, "the pods must drain before they stop serving"
-    assert grace >= drain + in_flight + 5, (grace, drain, in_flight)  # 5 s to close pools and exporters
+    # 5 s more to close pools and exporters.
+    assert grace >= drain + in_flight + waits + 5, (grace, drain, in_flight, waits)
 
 
 def test_drain_seconds_is_documented_with_its_default_and_the_manifest_s_value() -> None:
@@ -717,3 +755,31 @@ def test_runbook_commands_name_the_shipped_resources_and_labels() -> None:
     texts = "\n".join(where for where, _ in commands)
     for verb in ("abort", "undo", "promote"):
         assert f"kubectl argo rollouts {verb} favorites" in texts, verb
+
+
+# --------------------------------------------------------------------------------------------------
+# The container image
+
+def test_the_build_context_holds_what_the_image_copies_and_no_secrets() -> None:
+    """.dockerignore excludes everything (``*``) and lets back exactly the files the Dockerfile
+    copies: the embedded default's signing key (var/), .venv and .git never reach the builder."""
+    dockerfile = (DEPLOY / "container" / "Dockerfile").read_text()
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line and not line.startswith("#")]
+    assert patterns[0] == "*"
+    allowed = {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")}
+    copied = {source for args in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M)
+              for source in args.split()}
+    assert copied == allowed, (copied, allowed)
+    assert not allowed & {"var", ".venv", ".git", "tests", "bench"}
+
+
+def test_the_image_runs_as_a_numeric_non_root_user_and_checks_its_liveness() -> None:
+    dockerfile = (DEPLOY / "container" / "Dockerfile").read_text()
+    [user] = re.findall(r"^USER (\S+)$", dockerfile, re.M)
+    assert user.isdigit()
+    assert int(user) != 0
+    assert str(_rollout()["spec"]["template"]["spec"]["securityContext"]["runAsUser"]) == user
+    [check] = re.findall(r"^HEALTHCHECK .*\\\n.*$", dockerfile, re.M)
+    assert "http://127.0.0.1:8000/health/live" in check
+    assert re.findall(r"^FROM \$\{PYTHON_IMAGE\}", dockerfile, re.M), "one pinnable base image"
