@@ -484,10 +484,17 @@ def test_the_rollback_triggers_are_the_seed_s_and_the_analysis_reads_them() -> N
     assert SEED_P99_SECONDS in metrics.HTTP_BUCKETS
     assert "histogram_quantile" not in recorded[name]  # capped at the largest bucket: could never fail
 
+    # Failed scrapes, or readiness answered with 503: "> 3" = 4 scrapes of either.
     health = alerts["health_check"]
-    name = re.fullmatch(r"\s*([\w:]+)\s*==\s*0\s*", health["expr"]).group(1)  # type: ignore[union-attr]
-    [window] = re.findall(r"\[(\w+)\]", recorded[name])
-    assert _seconds(window) == (SEED_HEALTH_FAILURES + 1) * _scrape_interval()  # "> 3" = 4 scrapes
+    names = re.fullmatch(r"\s*([\w:]+)\s*==\s*0\s+or\s+([\w:]+)\s*==\s*0\s*",
+                         health["expr"]).groups()  # type: ignore[union-attr]
+    assert {re.search(r"\b(up|favorites_ready)\{", recorded[n]).group(1)  # type: ignore[union-attr]
+            for n in names} == {"up", "favorites_ready"}
+    for name in names:
+        for window in re.findall(r"\[(\w+)\]", recorded[name]):
+            assert _seconds(window) == (SEED_HEALTH_FAILURES + 1) * _scrape_interval()
+    ready = recorded[names[1]] if "favorites_ready" in recorded[names[1]] else recorded[names[0]]
+    assert f">= {SEED_HEALTH_FAILURES + 1}" in ready  # every one of the 4 scrapes, not fewer
 
     # No analysis query may rest on histogram_quantile(): it never exceeds the largest finite
     # bucket (2 s), so "p99 <= 2" on it could never fail.

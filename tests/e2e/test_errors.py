@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from favorites.domain.errors import catalogue
 from favorites.entrypoints.http.app import create_app
+from favorites.observability import metrics
 from tests.conftest import make_settings, started
 from tests.helpers import SERVICE, assert_problem, bearer, new_product, token
 
@@ -291,10 +293,13 @@ async def test_database_down_is_503_and_not_ready(
     app = create_app(make_settings("postgresql://postgres@127.0.0.1:5999/none", tmp_path))
     async for c in started(app):
         capsys.readouterr()
+        metrics.favorites_ready.set(1)
         ready = await c.get("/health/ready")
         assert ready.status_code == 503
         assert ready.json()["checks"]["database"] == "unavailable"
         assert ready.headers["retry-after"]
+        # What the alert FavoritesServiceDown reads: up stays 1, no user request arrives to fail.
+        assert REGISTRY.get_sample_value("favorites_ready") == 0
         live = await c.get("/health/live")
         assert live.status_code == 200
         response = await c.get("/v1/users/me/favorites",

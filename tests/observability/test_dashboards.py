@@ -26,7 +26,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+from favorites.observability import metrics
 from tests.helpers import bearer, new_product
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,7 @@ CATALOGUE: dict[str, tuple[str, frozenset[str]]] = {
     "rate_limited_requests_total": ("counter", frozenset({"scope"})),
     "circuit_breaker_state": ("gauge", frozenset({"dependency"})),
     "favorites_active_users": ("gauge", frozenset()),
+    "favorites_ready": ("gauge", frozenset()),
 }
 # Made by Prometheus for every scrape target, not exported by the service.
 SCRAPE_GENERATED: dict[str, frozenset[str]] = {"up": frozenset()}
@@ -453,7 +456,9 @@ async def _live_exposition(client: httpx.AsyncClient) -> Exposition:
     user = uuid.uuid4()
     auth = bearer(user)
     assert (await client.get("/health/live")).status_code == 200
+    metrics.favorites_ready.set(0)
     assert (await client.get("/health/ready")).status_code == 200
+    assert REGISTRY.get_sample_value("favorites_ready") == 1
     product = await new_product(client)
     added = await client.put(f"/v1/users/{user}/favorites/{product}", headers=auth)
     assert added.status_code == 201, added.text

@@ -15,6 +15,7 @@ cache_hit_ratio                     gauge      cache_name (computed at scrape ti
 cache_requests_total                counter    cache_name, result (hit|miss|error)
 rate_limited_requests_total         counter    scope (user|ip|service)
 circuit_breaker_state               gauge      dependency (0 closed, 1 half-open, 2 open)
+favorites_ready                     gauge      (none; the last /health/ready answer: 1 = 200)
 favorites_active_users              gauge      (none; computed at scrape time)
 ==================================  =========  ===============================================
 
@@ -105,6 +106,17 @@ circuit_breaker_state = Gauge(
     ("dependency",), multiprocess_mode="livemax",
 )
 
+#: Set by each readiness check. ``up`` says Prometheus reached the admin port, which answers on
+#: its own thread: with the database unreachable from every pod the Services have no endpoints,
+#: no user request arrives to fail, and ``up`` stays 1. This is what says so (the alert
+#: ``FavoritesServiceDown``). Most recent across a pod's workers, as the kubelet sees it.
+favorites_ready = Gauge(
+    "favorites_ready",
+    "1 when this instance's last readiness check answered 200 (ready or degraded), 0 when it "
+    "answered 503 (database unreachable, draining).",
+    multiprocess_mode="livemostrecent",
+)
+
 #: Names of the two gauges computed at scrape time (see ``exposition``).
 CACHE_HIT_RATIO = "cache_hit_ratio"
 ACTIVE_USERS = "favorites_active_users"
@@ -112,7 +124,7 @@ ACTIVE_USERS = "favorites_active_users"
 CATALOGUE: tuple[Any, ...] = (
     http_requests_total, http_request_duration_seconds, favorites_operations_total,
     db_connections_active, db_connections_max, db_query_duration_seconds, cache_requests_total,
-    rate_limited_requests_total, circuit_breaker_state,
+    rate_limited_requests_total, circuit_breaker_state, favorites_ready,
 )
 
 _rate_limited = {scope: rate_limited_requests_total.labels(scope) for scope in RATE_LIMIT_SCOPES}

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 
 from favorites.entrypoints.http.auth import AppContainer
 from favorites.entrypoints.http.responses import JSONResponse
+from favorites.observability import metrics
 
 router = APIRouter(tags=["health"])
 
@@ -40,5 +41,6 @@ async def ready(app: AppContainer) -> Response:
         status, code = "degraded", 200
     else:
         status, code = "ready", 200
+    metrics.favorites_ready.set(1 if code == 200 else 0)
     return JSONResponse({"status": status, "checks": checks}, status_code=code,
                         headers={"Retry-After": "5"} if code == 503 else None)
