@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Validate and unit-test the Prometheus recording/alerting rules in deploy/prometheus/.
+# Validate and unit-test the Prometheus recording/alerting rules in deploy/prometheus/, and check
+# the Alertmanager configuration in deploy/alertmanager/ routes every `notify` value they use.
 #
 #   scripts/check-rules.sh            # what `make rules` (and therefore `make test` / CI) runs
 #
+# Needs `amtool` too: looked up on PATH, /usr/bin/amtool and ./prometheus-bin/; when missing, it is
+# unpacked from Debian's `prometheus-alertmanager` package into ./prometheus-bin/ (apt-get download
+# and dpkg-deb: nothing is installed, no server started). Set AMTOOL=/path/to/amtool to force one.
 # Needs `promtool`. It is looked up on PATH, then at /usr/bin/promtool, then in ./prometheus-bin/.
 # When it is missing and we run as root (CI containers), Debian's `prometheus` package is installed
 # non-interactively; the package's own server is never left running. Set PROMTOOL=/path/to/promtool
@@ -12,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 RULES=deploy/prometheus/alerts.yml
 TESTS=deploy/prometheus/alerts.test.yml
+ALERTMANAGER=deploy/alertmanager/alertmanager.yml
 
 die() { echo "check-rules: ERROR: $*" >&2; exit 1; }
 
@@ -96,5 +101,58 @@ echo "check-rules: promtool check rules $RULES"
 
 echo "check-rules: promtool test rules $TESTS"
 "$PROMTOOL_BIN" test rules "$TESTS" || die "promtool test rules $TESTS failed"
+
+find_amtool() {
+  local candidate
+  for candidate in "$(command -v amtool 2>/dev/null || true)" /usr/bin/amtool prometheus-bin/amtool; do
+    if [[ -n "$candidate" && -x "$candidate" ]]; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+# amtool alone, unpacked from the package: the Alertmanager server is neither installed nor run.
+unpack_amtool() {
+  local start=$SECONDS work
+  work=$(mktemp -d)
+  echo "check-rules: amtool not found; unpacking it from Debian's prometheus-alertmanager package"
+  if ! (cd "$work" && apt-get download -qq prometheus-alertmanager) >/dev/null 2>&1; then
+    [[ "$(id -u)" == 0 ]] || { rm -rf "$work"; die "apt-get download prometheus-alertmanager failed; \
+put amtool on PATH / in ./prometheus-bin/ or set AMTOOL=..."; }
+    apt-get update -qq >/dev/null 2>&1 || true
+    (cd "$work" && apt-get download -qq prometheus-alertmanager) >/dev/null 2>&1 \
+      || { rm -rf "$work"; die "apt-get download prometheus-alertmanager failed"; }
+  fi
+  dpkg-deb -x "$work"/prometheus-alertmanager_*.deb "$work/root"
+  mkdir -p prometheus-bin
+  cp "$work/root/usr/bin/amtool" prometheus-bin/amtool
+  rm -rf "$work"
+  echo "check-rules: amtool unpacked in $((SECONDS - start)) s"
+}
+
+if [[ -n "${AMTOOL:-}" ]]; then
+  [[ -x "$AMTOOL" ]] || die "AMTOOL=$AMTOOL is not an executable"
+  AMTOOL_BIN=$AMTOOL
+elif ! AMTOOL_BIN=$(find_amtool); then
+  unpack_amtool
+  AMTOOL_BIN=$(find_amtool) || die "amtool still missing after unpacking the package"
+fi
+[[ -f "$ALERTMANAGER" ]] || die "$ALERTMANAGER not found"
+
+echo "check-rules: amtool check-config $ALERTMANAGER"
+"$AMTOOL_BIN" check-config "$ALERTMANAGER" >/dev/null || die "amtool check-config $ALERTMANAGER failed"
+
+# Every notify value the rules use reaches its own receiver (an unknown value would fall through
+# to the default route: a page read in Slack).
+declare -A RECEIVER=([page]=pagerduty-favorites [slack]=slack-favorites [deploy-pipeline]=deploy-pipeline)
+used=$(grep -oE '^ +notify: [a-z-]+' "$RULES" | awk '{print $2}' | sort -u)
+[[ -n "$used" ]] || die "no notify label in $RULES"
+for notify in $used; do
+  expected=${RECEIVER[$notify]:-}
+  [[ -n "$expected" ]] || die "notify=$notify in $RULES has no receiver in this script's table"
+  echo "check-rules: amtool config routes test notify=$notify -> $expected"
+  "$AMTOOL_BIN" config routes test --config.file="$ALERTMANAGER" --verify.receivers="$expected" \
+    "notify=$notify" alertname=FavoritesCheck namespace=shop job=favorites >/dev/null 2>&1 \
+    || die "notify=$notify is not routed to $expected in $ALERTMANAGER"
+done
 
 echo "check-rules: OK"

@@ -790,3 +790,24 @@ def test_the_image_runs_as_a_numeric_non_root_user_and_checks_its_liveness() -> 
     [check] = re.findall(r"^HEALTHCHECK .*\\\n.*$", dockerfile, re.M)
     assert "http://127.0.0.1:8000/health/live" in check
     assert re.findall(r"^FROM \$\{PYTHON_IMAGE\}", dockerfile, re.M), "one pinnable base image"
+
+
+# --------------------------------------------------------------------------------------------------
+# Alertmanager (amtool checks the routing itself in scripts/check-rules.sh)
+
+def test_every_notify_value_of_the_rules_has_its_own_route() -> None:
+    """A notify value without a route falls through to the default receiver: a page in Slack."""
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    used = {rule["labels"]["notify"] for group in rules["groups"] for rule in group["rules"]
+            if "alert" in rule}
+    config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    routed = {m.split("=", 1)[1].strip('"'): route["receiver"]
+              for route in config["route"]["routes"] for m in route["matchers"]
+              if m.startswith("notify=")}
+    assert used == set(routed) == {"page", "slack", "deploy-pipeline"}
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert "pagerduty_configs" in receivers[routed["page"]]
+    assert "slack_configs" in receivers[routed["slack"]]
+    assert "webhook_configs" in receivers[routed["deploy-pipeline"]]
+    text = (DEPLOY / "alertmanager" / "alertmanager.yml").read_text()
+    assert not re.search(r"hooks\.slack\.com|routing_key:|api_url:", text)  # credentials are files
