@@ -20,9 +20,10 @@ ALERTMANAGER=deploy/alertmanager/alertmanager.yml
 
 die() { echo "check-rules: ERROR: $*" >&2; exit 1; }
 
-find_promtool() {
+# find_tool NAME: the executable NAME on PATH, in /usr/bin or in ./prometheus-bin/.
+find_tool() {
   local candidate
-  for candidate in "$(command -v promtool 2>/dev/null || true)" /usr/bin/promtool prometheus-bin/promtool; do
+  for candidate in "$(command -v "$1" 2>/dev/null || true)" "/usr/bin/$1" "prometheus-bin/$1"; do
     if [[ -n "$candidate" && -x "$candidate" ]]; then echo "$candidate"; return 0; fi
   done
   return 1
@@ -87,9 +88,9 @@ on PATH / in ./prometheus-bin/ / set PROMTOOL=...)"
 if [[ -n "${PROMTOOL:-}" ]]; then
   [[ -x "$PROMTOOL" ]] || die "PROMTOOL=$PROMTOOL is not an executable"
   PROMTOOL_BIN=$PROMTOOL
-elif ! PROMTOOL_BIN=$(find_promtool); then
+elif ! PROMTOOL_BIN=$(find_tool promtool); then
   install_promtool
-  PROMTOOL_BIN=$(find_promtool) || die "promtool still missing after installing the package"
+  PROMTOOL_BIN=$(find_tool promtool) || die "promtool still missing after installing the package"
 fi
 echo "check-rules: using $PROMTOOL_BIN ($("$PROMTOOL_BIN" --version 2>&1 | head -n1))"
 
@@ -101,14 +102,6 @@ echo "check-rules: promtool check rules $RULES"
 
 echo "check-rules: promtool test rules $TESTS"
 "$PROMTOOL_BIN" test rules "$TESTS" || die "promtool test rules $TESTS failed"
-
-find_amtool() {
-  local candidate
-  for candidate in "$(command -v amtool 2>/dev/null || true)" /usr/bin/amtool prometheus-bin/amtool; do
-    if [[ -n "$candidate" && -x "$candidate" ]]; then echo "$candidate"; return 0; fi
-  done
-  return 1
-}
 
 # amtool alone, unpacked from the package: the Alertmanager server is neither installed nor run.
 unpack_amtool() {
@@ -132,9 +125,9 @@ put amtool on PATH / in ./prometheus-bin/ or set AMTOOL=..."; }
 if [[ -n "${AMTOOL:-}" ]]; then
   [[ -x "$AMTOOL" ]] || die "AMTOOL=$AMTOOL is not an executable"
   AMTOOL_BIN=$AMTOOL
-elif ! AMTOOL_BIN=$(find_amtool); then
+elif ! AMTOOL_BIN=$(find_tool amtool); then
   unpack_amtool
-  AMTOOL_BIN=$(find_amtool) || die "amtool still missing after unpacking the package"
+  AMTOOL_BIN=$(find_tool amtool) || die "amtool still missing after unpacking the package"
 fi
 [[ -f "$ALERTMANAGER" ]] || die "$ALERTMANAGER not found"
 
