@@ -252,3 +252,22 @@ async def test_the_connection_pool_is_shared_and_closed(
     assert client is not None
     assert client.is_closed
     assert catalog._client is None
+
+
+async def test_every_call_is_logged_with_its_outcome_and_duration(
+    catalog: HttpCatalog, product_service: FakeProductService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seed Step 10, "what to log": external service calls, success or failure, and duration.
+    A failure is a WARN (unexpected but handled: the add answers 503); a refused call is none."""
+    caplog.set_level(logging.INFO, logger="favorites.catalog")
+    known = uuid.uuid4()
+    product_service.known.add(known)
+    assert await catalog.existing([known, uuid.uuid4()]) == {known}
+    product_service.mode = "error"
+    await _unavailable(catalog, [known])
+    calls = [r for r in caplog.records if r.name == "favorites.catalog"]
+    assert [(r.levelname, r.outcome, r.products) for r in calls] == [  # type: ignore[attr-defined]
+        ("INFO", "success", 2), ("WARNING", "failure", 1)]
+    assert all(r.operation == "productServiceCall" for r in calls)  # type: ignore[attr-defined]
+    assert all(r.durationMs >= 0 for r in calls)  # type: ignore[attr-defined]
+    assert calls[1].reason == "server_error"  # type: ignore[attr-defined]

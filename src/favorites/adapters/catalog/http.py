@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
@@ -144,30 +145,35 @@ class HttpCatalog:
             self.outcomes["circuit_open"] += 1
             raise DependencyUnavailable("the product service is unavailable (circuit open)",
                                         retry_after=exc.retry_after) from None
+        started = time.perf_counter()
         try:
             async with deadline(self._deadline):
                 found = await lookup(ids)
         except _Unavailable as exc:
-            raise self._failed(exc.reason) from None
+            raise self._failed(exc.reason, ids, started) from None
         except httpx.PoolTimeout:
             # Our own pool is exhausted (local overload), which says nothing about the service.
             self.breaker.release()
             self.outcomes["pool_timeout"] += 1
             raise DependencyUnavailable("the product service is busy", retry_after=1) from None
         except (TimeoutError, httpx.TimeoutException):
-            raise self._failed("timeout") from None
+            raise self._failed("timeout", ids, started) from None
         except httpx.HTTPError:
-            raise self._failed("transport_error") from None
+            raise self._failed("transport_error", ids, started) from None
         except BaseException:
             self.breaker.release()  # cancelled, or a bug of ours: no verdict on the service
             raise
         self.breaker.success()
+        # Only adds of products the existence cache does not know call out (an hour per
+        # product), so one line per call stays cheap; a call the breaker refused is no call.
+        log.info("product service answered", extra=_call(ids, started, "success"))
         return found
 
-    def _failed(self, reason: str) -> DependencyUnavailable:
+    def _failed(self, reason: str, ids: list[UUID], started: float) -> DependencyUnavailable:
         self.outcomes[reason] += 1
         self.breaker.failure(reason)
-        log.debug("product service unavailable: %s", reason, extra={"reason": reason})
+        log.warning("product service unavailable: %s", reason,
+                    extra={**_call(ids, started, "failure"), "reason": reason})
         # The call that opens the breaker already tells its caller the whole cool-down.
         retry_after = self.breaker.retry_after() if self.breaker.state is BreakerState.OPEN else 1
         return DependencyUnavailable(f"the product service is unavailable ({reason})",
@@ -212,6 +218,13 @@ class HttpCatalog:
                 if len(body) > MAX_BODY_BYTES:
                     raise _Unavailable("oversized")
             return status, bytes(body)
+
+
+def _call(ids: list[UUID], started: float, outcome: str) -> dict[str, object]:
+    """The log fields of one call to the product service (seed Step 10: external calls are
+    logged with their outcome and duration)."""
+    return {"operation": "productServiceCall", "outcome": outcome, "products": len(ids),
+            "durationMs": round((time.perf_counter() - started) * 1000, 1)}
 
 
 def _check_product(body: bytes, product_id: UUID) -> None:
