@@ -25,7 +25,7 @@ from favorites import bootstrap
 from favorites.adapters.flags import OpenFeatureFlags
 from favorites.config import ENV_PREFIX, SECRET_FIELDS, Settings
 from favorites.domain.flags import ENABLE_FAVORITES_V2
-from favorites.entrypoints import cli
+from favorites.entrypoints import cli, smoke
 from favorites.entrypoints.http import health
 from favorites.observability import exposition, metrics
 
@@ -216,8 +216,13 @@ def test_disruptions_take_one_pod_at_a_time() -> None:
 def test_every_pod_is_hardened_alike() -> None:
     """The migration Job's pod runs the same image with the same secrets as the Rollout's."""
     [job] = _docs("migrate-job.yaml")
+    [synthetic] = _docs("synthetic-cronjob.yaml")
+    [smoke_metric] = [m for m in _templates()["favorites-health"]["spec"]["metrics"]
+                      if m["name"] == "smoke"]
     for name, pod in (("rollout", _rollout()["spec"]["template"]["spec"]),
-                      ("migrate-job", job["spec"]["template"]["spec"])):
+                      ("migrate-job", job["spec"]["template"]["spec"]),
+                      ("synthetic", synthetic["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+                      ("smoke", smoke_metric["provider"]["job"]["spec"]["template"]["spec"])):
         assert pod["automountServiceAccountToken"] is False, name
         assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001,
                                           "runAsGroup": 10001,
@@ -240,6 +245,8 @@ def test_every_favorites_variable_in_the_manifests_is_a_real_setting() -> None:
     for name in names:
         key = name.removeprefix(ENV_PREFIX).lower()
         if key.endswith("_file") and key.removesuffix("_file") in SECRET_FIELDS:
+            continue
+        if name == smoke.API_KEY_VARIABLE:  # read by `favorites smoke`, not by the service
             continue
         assert key in fields, f"{name} is not a setting"
 
@@ -374,7 +381,8 @@ def test_every_label_the_rules_and_dashboards_use_reaches_the_series() -> None:
     target = _pod_target(_rollout_pod_labels(), _metrics_port()["name"])
     scraped = _relabel(target, _scrape_job()["relabel_configs"], filters=False)
     assert scraped is not None
-    available = _exported_labels() | set(scraped) | {"job", "instance"}
+    # cronjob: kube-state-metrics' label, for the synthetic check's alert.
+    available = _exported_labels() | set(scraped) | {"job", "instance", "cronjob"}
     exprs = [(f"alerts.yml: {r.get('record') or r.get('alert')}", str(r["expr"])) for r in _rules()]
     exprs += list(_dashboard_exprs())
     problems = [f"{where}: {sorted(_labels_used(expr) - available)}"
@@ -684,7 +692,8 @@ _KINDS = {"service": "Service", "services": "Service", "svc": "Service", "endpoi
           "ep": "Service", "hpa": "HorizontalPodAutoscaler",
           "horizontalpodautoscaler": "HorizontalPodAutoscaler",
           "rollout": "Rollout", "rollouts": "Rollout", "ro": "Rollout", "configmap": "ConfigMap",
-          "cm": "ConfigMap", "job": "Job", "deployment": "Deployment", "deploy": "Deployment",
+          "cm": "ConfigMap", "job": "Job", "cronjob": "CronJob", "cronjobs": "CronJob",
+          "cj": "CronJob", "deployment": "Deployment", "deploy": "Deployment",
           "deployments": "Deployment", "pdb": "PodDisruptionBudget"}
 
 
@@ -706,18 +715,24 @@ def _kubectl_commands() -> Iterator[tuple[str, list[str]]]:
                 yield f"{path.name}: {command}", tokens
 
 
+def _shipped_pod_labels() -> list[dict[str, str]]:
+    """The labels of every pod template shipped: the Rollout's first (with Argo's hash label)."""
+    labels = [_rollout_pod_labels()]
+    for cronjob in (d for d in _all_resources() if d["kind"] == "CronJob"):
+        labels.append(cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"])
+    return labels
+
+
 def _command_problems(tokens: list[str]) -> list[str]:
-    pod = _rollout_pod_labels()
+    pods = _shipped_pod_labels()
     problems = []
     selectors = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t in ("-l", "--selector")]
     selectors += [t.split("=", 1)[1] for t in tokens if t.startswith("--selector=")]
     for selector in selectors:
-        for term in selector.split(","):
-            key, _, value = term.partition("=")
-            if key not in pod:
-                problems.append(f"no pod has the label {key}")
-            elif not value.startswith("<") and pod[key] != value:
-                problems.append(f"the pods' {key} is {pod[key]}, not {value}")
+        terms = [term.partition("=")[::2] for term in selector.split(",")]
+        if not any(all(key in pod and (value.startswith("<") or pod[key] == value)
+                       for key, value in terms) for pod in pods):
+            problems.append(f"no shipped pod template matches {selector}")
     words, files = [], []
     rest = iter(tokens[1:])
     for token in rest:

@@ -379,3 +379,57 @@ def _until(condition: Callable[[], bool], seconds: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+# smoke: the post-deployment check against a served instance
+
+
+def test_smoke_passes_against_a_working_service_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    for served in _serve(tmp_path):
+        key = re.search(r"X-API-Key: (fav_\S+)", served.output)
+        assert key is not None
+        result = run(tmp_path, "smoke", "--url", served.base,
+                     env=clean_env(FAVORITES_SMOKE_API_KEY=key[1]))
+        assert result.returncode == 0, result.stdout + result.stderr
+        steps = [line.split()[:2] for line in result.stdout.splitlines()]
+        assert steps == [["ok", name] for name in (
+            "ready", "register", "token", "add", "list", "contains", "remove", "list-empty",
+            "erase-user", "delete-product")]
+        user = re.search(r"ok +token .* user (\S+)", result.stdout)
+        assert user is not None
+        log = (tmp_path / "serve.log").read_text()
+        assert log.count(key[1]) == served.output.count(key[1])  # the first start's line only
+        assert key[1] not in result.stdout
+        with httpx.Client(base_url=served.base, timeout=5) as http:
+            # The erasure took the user's tokens along: none is left to use.
+            assert http.delete(f"/internal/v1/users/{user[1]}", headers={
+                "X-API-Key": key[1]}).json() == {"deleted_favorites": 0}
+
+
+def test_smoke_names_the_step_that_failed_and_still_cleans_up(tmp_path: Path) -> None:
+    for served in _serve(tmp_path):
+        key = re.search(r"X-API-Key: (fav_\S+)", served.output)
+        assert key is not None
+        # A product the catalog does not know: the add fails, the clean-up runs.
+        result = run(tmp_path, "smoke", "--url", served.base, "--product", str(uuid.uuid4()),
+                     env=clean_env(FAVORITES_SMOKE_API_KEY=key[1]))
+        assert result.returncode == 1
+        lines = result.stdout.splitlines()
+        assert [line.split()[:2] for line in lines] == [
+            ["ok", "ready"], ["ok", "token"], ["FAIL", "add"], ["ok", "erase-user"]]
+        assert "404, expected 201: Product not found" in lines[2]
+        wrong = run(tmp_path, "smoke", "--url", served.base,
+                    env=clean_env(FAVORITES_SMOKE_API_KEY="fav_not-a-key"))
+        assert wrong.returncode == 1
+        assert wrong.stdout.splitlines()[1].startswith("FAIL register")
+
+
+def test_smoke_without_a_key_or_a_server_says_so(tmp_path: Path) -> None:
+    missing = run(tmp_path, "smoke", "--url", "http://127.0.0.1:9")
+    assert missing.returncode == 2
+    assert "set FAVORITES_SMOKE_API_KEY" in one_line(missing)
+    down = run(tmp_path, "smoke", "--url", f"http://127.0.0.1:{free_port()}",
+               env=clean_env(FAVORITES_SMOKE_API_KEY="fav_x"))
+    assert down.returncode == 1
+    assert down.stdout.startswith("FAIL ready")
+    assert "ConnectError" in down.stdout

@@ -460,6 +460,27 @@ def cmd_flags(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from favorites.entrypoints import smoke
+
+    key = os.environ.get(smoke.API_KEY_VARIABLE, "").strip()
+    if not key:
+        print(f"favorites smoke: set {smoke.API_KEY_VARIABLE} to a service client's API key "
+              "(scopes tokens:issue, users:erase, and products:write without --product)",
+              file=sys.stderr)
+        return 2
+    steps = smoke.run(args.url, key, args.product, args.timeout)
+    for step in steps:
+        print(step.line())
+    return 0 if all(step.ok for step in steps) else 1
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or value.endswith("://"):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
+    return value.rstrip("/")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="favorites", description="Favorites (wishlist) microservice."
@@ -499,6 +520,15 @@ def parser() -> argparse.ArgumentParser:
     part.add_argument("--keep-old", action="store_true",
                       help="keep the old table as favorites_unpartitioned instead of dropping it")
     part.set_defaults(func=cmd_partition)
+
+    smoke = sub.add_parser(
+        "smoke", help="a user's round trip against a running service, cleaned up after "
+                      "(post-deployment check, synthetic monitor); exit 1 when a step fails")
+    smoke.add_argument("--url", type=_url, required=True, help="the service's base URL")
+    smoke.add_argument("--product", type=_uuid, metavar="UUID",
+                       help="a product that exists (default: register one and delete it after)")
+    smoke.add_argument("--timeout", type=float, default=5.0, help="seconds per request (5)")
+    smoke.set_defaults(func=cmd_smoke)
 
     flags = sub.add_parser("flags", help="feature flags (FAVORITES_FLAGS_FILE)")
     fsub = flags.add_subparsers(dest="action", required=True)
