@@ -79,7 +79,7 @@ async def _services(database_url: str) -> AsyncIterator[Services]:
         engine, uow, cache,
         FavoritesService(uow, catalog, cache, CursorCodec(b"k" * 32), clock, max_per_user=100),
         ProductsService(uow, catalog, cache, clock),
-        UsersService(uow, cache, clock, b"p" * 32, _NoRevocations()),
+        UsersService(uow, cache, clock, b"p" * 32, _NoRevocations(), token_leeway_seconds=0),
     )
     await engine.dispose()
 

@@ -122,11 +122,12 @@ class RefreshTokenRepository(Protocol):
 
     async def revoke_family(self, family_id: UUID, at: datetime) -> int: ...
 
-    async def live_access_tokens(self, family_id: UUID, now: datetime
+    async def live_access_tokens(self, family_id: UUID, expiring_after: datetime
                                  ) -> list[tuple[str, datetime]]:
-        """(jti, expiry) of the access tokens the family issued that have not expired."""
+        """(jti, expiry) of the access tokens the family issued that expire after
+        ``expiring_after``: now minus the leeway a token is still accepted for past its expiry."""
 
-    async def live_access_tokens_of_user(self, user_id: UUID, now: datetime
+    async def live_access_tokens_of_user(self, user_id: UUID, expiring_after: datetime
                                          ) -> list[tuple[str, datetime]]:
         """The same for every family of the user."""
 

@@ -71,8 +71,12 @@ class TokenService:
         revocations: Revocations,
         clock: Clock,
         refresh_ttl_seconds: int,
+        *,
+        token_leeway_seconds: int,
     ):
         self._uow = uow
+        #: Tokens are accepted this long past their expiry: a family's revocation takes those too.
+        self._leeway = timedelta(seconds=token_leeway_seconds)
         self._signer = signer
         self._revocations = revocations
         self._clock = clock
@@ -182,7 +186,7 @@ class TokenService:
         ``revoke_locally`` once committed."""
         now = self._clock.now()
         await uow.refresh_tokens.revoke_family(record.family_id, now)
-        live = await uow.refresh_tokens.live_access_tokens(record.family_id, now)
+        live = await uow.refresh_tokens.live_access_tokens(record.family_id, now - self._leeway)
         for jti, expires_at in live:
             await uow.revoked_tokens.add(jti, expires_at, now)
         await uow.audit.record(

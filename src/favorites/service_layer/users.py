@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import timedelta
 from uuid import UUID
 
 from favorites.domain import access
@@ -21,9 +22,11 @@ from favorites.tasks import runs_to_completion
 class UsersService:
     def __init__(
         self, uow: UnitOfWorkFactory, cache: FavoritesCache, clock: Clock, pseudonym_key: bytes,
-        revocations: Revocations,
+        revocations: Revocations, *, token_leeway_seconds: int,
     ):
         self._uow = uow
+        #: Tokens are accepted this long past their expiry: an erasure revokes those too.
+        self._leeway = timedelta(seconds=token_leeway_seconds)
         self._cache = cache
         self._clock = clock
         self._key = pseudonym_key
@@ -52,7 +55,8 @@ class UsersService:
             # favorite is deleted here), one arriving later sees the revocations below.
             await uow.favorites.lock_user(user_id)
             deleted = await uow.favorites.delete_all_for_user(user_id)
-            live = await uow.refresh_tokens.live_access_tokens_of_user(user_id, now)
+            live = await uow.refresh_tokens.live_access_tokens_of_user(user_id,
+                                                                       now - self._leeway)
             for jti, expires_at in live:
                 await uow.revoked_tokens.add(jti, expires_at, now)
             await uow.refresh_tokens.delete_for_user(user_id)

@@ -37,10 +37,13 @@ class FakeRevocations:
 
 @pytest.fixture
 def tokens(db: FakeDatabase, clock: FakeClock) -> TokenService:
-    return TokenService(db, FakeSigner(), FakeRevocations(), clock, refresh_ttl_seconds=3600)
+    return TokenService(db, FakeSigner(), FakeRevocations(), clock, refresh_ttl_seconds=3600,
+                        token_leeway_seconds=LEEWAY)
 
 
 ISSUER = service_client("tokens:issue")
+#: Seconds a token is accepted past its expiry (FAVORITES_JWT_LEEWAY_SECONDS' default).
+LEEWAY = 30
 
 
 async def test_issue_needs_the_scope_and_stores_only_a_hash(
@@ -101,10 +104,11 @@ async def test_logout_revokes_every_live_access_token_of_the_family(
     db: FakeDatabase, clock: FakeClock
 ) -> None:
     signer, revocations = FakeSigner(), FakeRevocations()
-    tokens = TokenService(db, signer, revocations, clock, refresh_ttl_seconds=30 * 86400)
+    tokens = TokenService(db, signer, revocations, clock, refresh_ttl_seconds=30 * 86400,
+                          token_leeway_seconds=LEEWAY)
     owner = uuid.uuid4()
     first = await tokens.issue(ISSUER, owner, ("user",))
-    clock.advance(3700)  # the first access token has expired by now
+    clock.advance(3700)  # the first access token has expired by now, leeway included
     second = await tokens.refresh(first.refresh_token)
     third = await tokens.refresh(second.refresh_token)
     expires = int(clock.now().timestamp()) + 3600
@@ -151,7 +155,7 @@ async def test_erasure_deletes_everything_and_pseudonymises_audit(
     products: ProductsService, tokens: TokenService,
 ) -> None:
     revocations = FakeRevocations()
-    users = UsersService(db, cache, clock, b"p" * 32, revocations)
+    users = UsersService(db, cache, clock, b"p" * 32, revocations, token_leeway_seconds=LEEWAY)
     owner = uuid.uuid4()
     product = uuid.uuid4()
     await products.register_many([product])
@@ -195,3 +199,27 @@ async def test_product_delete_purges_favorites_in_batches(
     assert db.commits - commits_before == 2  # one full batch, one partial
     assert not db.state.favorites
     assert len(cache.invalidated) == DELETE_BATCH + 5
+
+
+async def test_tokens_still_accepted_in_the_leeway_are_revoked_with_their_family_and_user(
+    db: FakeDatabase, clock: FakeClock, cache: RecordingCache
+) -> None:
+    """An access token 10 s past its expiry is still accepted for 20 s more (the leeway): a
+    reuse's revocation of the family, and an erasure, must take it along."""
+    signer, revocations = FakeSigner(), FakeRevocations()
+    tokens = TokenService(db, signer, revocations, clock, refresh_ttl_seconds=30 * 86400,
+                          token_leeway_seconds=LEEWAY)
+    owner = uuid.uuid4()
+    first = await tokens.issue(ISSUER, owner, ("user",))
+    clock.advance(3610)
+    await tokens.refresh(first.refresh_token)
+    with pytest.raises(InvalidToken):
+        await tokens.refresh(first.refresh_token)  # reuse: the family is revoked
+    assert signer.token_ids[0] in revocations.revoked
+
+    erased = uuid.uuid4()
+    await tokens.issue(ISSUER, erased, ("user",))
+    clock.advance(3610)
+    users = UsersService(db, cache, clock, b"p" * 32, revocations, token_leeway_seconds=LEEWAY)
+    await users.erase(service_client("users:erase"), erased)
+    assert signer.token_ids[-1] in revocations.revoked

@@ -400,20 +400,22 @@ class SqlRefreshTokenRepository(_Repo):
         )
         return int(result.rowcount)
 
-    async def live_access_tokens(self, family_id: UUID, now: datetime
+    async def live_access_tokens(self, family_id: UUID, expiring_after: datetime
                                  ) -> list[tuple[str, datetime]]:
-        return await self._live_access_tokens(refresh_tokens.c.family_id == family_id, now)
+        return await self._live_access_tokens(refresh_tokens.c.family_id == family_id,
+                                              expiring_after)
 
-    async def live_access_tokens_of_user(self, user_id: UUID, now: datetime
+    async def live_access_tokens_of_user(self, user_id: UUID, expiring_after: datetime
                                          ) -> list[tuple[str, datetime]]:
-        return await self._live_access_tokens(refresh_tokens.c.user_id == user_id, now)
+        return await self._live_access_tokens(refresh_tokens.c.user_id == user_id,
+                                              expiring_after)
 
-    async def _live_access_tokens(self, whose: sa.ColumnElement[bool], now: datetime
+    async def _live_access_tokens(self, whose: sa.ColumnElement[bool], expiring_after: datetime
                                   ) -> list[tuple[str, datetime]]:
         c = refresh_tokens.c
         rows = await self._conn.execute(
             sa.select(c.access_jti, c.access_expires_at)
-            .where(whose, c.access_jti.is_not(None), c.access_expires_at > now)
+            .where(whose, c.access_jti.is_not(None), c.access_expires_at > expiring_after)
         )
         return [(row.access_jti, _utc(row.access_expires_at)) for row in rows]
 
