@@ -187,8 +187,8 @@ async def test_revoked_tokens_window(uow: SqlUnitOfWorkFactory) -> None:
         active = await work.revoked_tokens.active_since(now - timedelta(seconds=1), now)
         expired = await work.revoked_tokens.active_since(now - timedelta(seconds=1),
                                                          now + timedelta(hours=2))
-    assert jti in {j for j, _ in active}
-    assert jti not in {j for j, _ in expired}
+    assert jti in {j for j, _, _ in active}
+    assert jti not in {j for j, _, _ in expired}
 
 
 async def test_audit_pseudonymisation(uow: SqlUnitOfWorkFactory) -> None:
@@ -347,3 +347,23 @@ async def test_remove_deletes_and_audits_only_what_was_there(uow: SqlUnitOfWorkF
     assert outcomes == [True, False, False]
     assert await _favorites_of(uow, user) == set()
     assert await _audit_rows(uow, user) == [("favorite.removed", held, "r1", removed_at)]
+
+
+async def test_revocations_are_stamped_with_the_database_clock_on_postgresql(
+    uow: SqlUnitOfWorkFactory, database_url: str
+) -> None:
+    """An instance whose clock is 10 minutes behind stamps a revocation the other instances'
+    windows (newest stamp seen minus the overlap) would have passed: on PostgreSQL the stamp is
+    the database's clock, one clock for every instance."""
+    jti, skewed = uuid.uuid4().hex, datetime.now(UTC) - timedelta(minutes=10)
+    async with uow() as work:
+        await work.revoked_tokens.add(jti, datetime.now(UTC) + timedelta(hours=1), skewed)
+        await work.commit()
+    async with uow(readonly=True) as work:
+        rows = await work.revoked_tokens.active_since(skewed - timedelta(minutes=1),
+                                                      datetime.now(UTC))
+    [(_, _, stamped)] = [row for row in rows if row[0] == jti]
+    if database_url.startswith("postgresql"):
+        assert abs(stamped - datetime.now(UTC)) < timedelta(seconds=30)
+    else:  # one host: the clock of the process that wrote it
+        assert stamped == skewed

@@ -220,8 +220,10 @@ class FakeRevoked:
     async def is_revoked(self, jti: str) -> bool:
         return jti in self.s.revoked
 
-    async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
-        return [(j, exp) for j, (at, exp) in self.s.revoked.items() if at >= since and exp > now]
+    async def active_since(self, since: datetime, now: datetime
+                           ) -> list[tuple[str, datetime, datetime]]:
+        return [(j, exp, at) for j, (at, exp) in self.s.revoked.items()
+                if at >= since and exp > now]
 
 
 class FakeUnitOfWork:

@@ -141,8 +141,10 @@ class RevokedTokenRepository(Protocol):
         """Asked of the database itself, in the unit of work: for writes that must not rely on
         an instance's in-memory list being up to date (see ``FavoritesRepository.add``)."""
 
-    async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
-        """Revocations recorded after ``since`` that have not yet expired."""
+    async def active_since(self, since: datetime, now: datetime
+                           ) -> list[tuple[str, datetime, datetime]]:
+        """(jti, expiry, revoked_at) of the revocations recorded at or after ``since`` (in the
+        clock ``add`` stamps them with) that have not expired by ``now``."""
 
 
 class Revocations(Protocol):

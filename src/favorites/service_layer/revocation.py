@@ -4,6 +4,14 @@ Each instance keeps the unexpired revoked ``jti``s in memory and pulls new ones 
 (the source of truth) every ``interval`` seconds. The instance that handles a logout knows at once;
 the others within one interval. If the database cannot be read for ``max_staleness`` seconds the
 list is stale and every token check fails closed (503): revocation never fails open.
+
+"New ones" are those stamped at or after the newest stamp seen so far minus ``overlap``. A
+revocation is stamped when it is written, in the database's clock on PostgreSQL (so the
+instances' clocks do not matter), and becomes visible when its transaction commits: one
+committed more than ``overlap`` after its stamp (a transaction held that long; each statement
+is bounded by the 5 s statement timeout) would be older than every later window. So every
+``full_every``-th pull reads every unexpired revocation instead, bounding how late one can be
+learnt. Adds do not rely on this list at all: they check the database under the user's lock.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ class RevocationList:
         interval: float = 1.0,
         max_staleness: float = 30.0,
         leeway: float = 0.0,
+        overlap: float = 60.0,
+        full_every: int = 30,
     ):
         self._uow = uow
         self._clock = clock
@@ -36,8 +46,13 @@ class RevocationList:
         self._max_staleness = max_staleness
         #: Tokens are accepted up to this long after ``exp``: a revocation must last as long.
         self._leeway = timedelta(seconds=leeway)
+        self._overlap = timedelta(seconds=overlap)
+        self._full_every = full_every
         self._revoked: dict[str, int] = {}
-        self._since: datetime | None = None
+        #: The newest stamp seen (the database's clock); None until a revocation is seen.
+        self._newest: datetime | None = None
+        self._pulls = 0
+        self._failures = 0
         self._synced_at = float("-inf")  # stale until the first successful sync
         self._task: asyncio.Task[None] | None = None
 
@@ -51,18 +66,21 @@ class RevocationList:
 
     async def sync(self) -> None:
         now = self._clock.now()
-        # Overlap the window so a revocation committed just before our last read is not missed.
-        since = (self._since - timedelta(seconds=5)) if self._since else datetime.min.replace(
-            tzinfo=now.tzinfo
-        )
+        newest = self._newest
+        if newest is None or self._pulls % self._full_every == 0:
+            since = datetime.min.replace(tzinfo=now.tzinfo)  # every unexpired revocation
+        else:
+            since = newest - self._overlap
         async with self._uow(readonly=True) as uow:
             rows = await uow.revoked_tokens.active_since(since, now - self._leeway)
-        for jti, expires_at in rows:
+        for jti, expires_at, revoked_at in rows:
             self._revoked[jti] = int(expires_at.timestamp())
+            if self._newest is None or revoked_at > self._newest:
+                self._newest = revoked_at
         cutoff = (now - self._leeway).timestamp()
         for jti in [j for j, exp in self._revoked.items() if exp < cutoff]:
             del self._revoked[jti]
-        self._since = now
+        self._pulls += 1
         self._synced_at = time.monotonic()
 
     async def start(self) -> None:
@@ -84,4 +102,12 @@ class RevocationList:
             try:
                 await self.sync()
             except Exception:  # keep syncing; is_revoked fails closed once too stale
-                log.warning("revocation sync failed", exc_info=True)
+                self._failures += 1
+                if self._failures == 1:  # once per outage, not every second of it
+                    log.warning("revocation sync failed; retrying every %g s", self._interval,
+                                exc_info=True)
+                continue
+            if self._failures:
+                log.info("revocation sync recovered after %d failed attempts", self._failures,
+                         extra={"failures": self._failures})
+                self._failures = 0

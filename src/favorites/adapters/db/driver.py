@@ -85,7 +85,7 @@ COUNT_FOR_PRODUCT = "SELECT count(*) FROM favorites WHERE product_id = $1"
 EXISTING_PRODUCTS = ("SELECT product_id FROM products"
                      " WHERE product_id = ANY($1::uuid[]) AND deleted_at IS NULL")
 EXISTING_PRODUCTS_FOR_SHARE = EXISTING_PRODUCTS + " FOR SHARE"
-ACTIVE_REVOCATIONS = ("SELECT jti, expires_at FROM revoked_tokens"
+ACTIVE_REVOCATIONS = ("SELECT jti, expires_at, revoked_at FROM revoked_tokens"
                       " WHERE revoked_at >= $1 AND expires_at > $2")
 
 LOCK_USER = "SELECT pg_advisory_xact_lock($1)"
@@ -350,6 +350,7 @@ class DriverRevokedTokenRepository(SqlRevokedTokenRepository):
         super().__init__(conn, "postgresql")
         self._db = driver
 
-    async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
+    async def active_since(self, since: datetime, now: datetime
+                           ) -> list[tuple[str, datetime, datetime]]:
         rows = await self._db.fetch(ACTIVE_REVOCATIONS, since, now)
-        return [(row[0], row[1]) for row in rows]
+        return [(row[0], row[1], row[2]) for row in rows]

@@ -428,15 +428,23 @@ class SqlRefreshTokenRepository(_Repo):
 
 class SqlRevokedTokenRepository(_Repo):
     async def add(self, jti: str, expires_at: datetime, at: datetime) -> None:
-        stmt = self._insert(revoked_tokens).values(jti=jti, expires_at=expires_at, revoked_at=at)
+        """On PostgreSQL ``revoked_at`` is the database's clock, not ``at``: every instance's sync
+        reads its window in that one clock, so an instance whose clock is behind cannot stamp a
+        revocation the others' windows have already passed (SQLite: one host, one clock)."""
+        revoked_at: datetime | sa.ColumnElement[datetime] = (
+            sa.func.clock_timestamp() if self._pg else at)
+        stmt = self._insert(revoked_tokens).values(jti=jti, expires_at=expires_at,
+                                                   revoked_at=revoked_at)
         await self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["jti"]))
 
     async def is_revoked(self, jti: str) -> bool:
         return await _is_revoked(self._conn, jti)
 
-    async def active_since(self, since: datetime, now: datetime) -> list[tuple[str, datetime]]:
+    async def active_since(self, since: datetime, now: datetime
+                           ) -> list[tuple[str, datetime, datetime]]:
         c = revoked_tokens.c
         rows = await self._conn.execute(
-            sa.select(c.jti, c.expires_at).where(c.revoked_at >= since, c.expires_at > now)
+            sa.select(c.jti, c.expires_at, c.revoked_at)
+            .where(c.revoked_at >= since, c.expires_at > now)
         )
-        return [(row[0], _utc(row[1])) for row in rows]
+        return [(row[0], _utc(row[1]), _utc(row[2])) for row in rows]
