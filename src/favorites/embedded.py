@@ -37,7 +37,10 @@ def _create_exclusive(path: Path, content: str) -> bool:
     return True
 
 
-def resolve(settings: Settings) -> EmbeddedDefaults:
+def resolve(settings: Settings, *, create_local_client: bool = True) -> EmbeddedDefaults:
+    """``create_local_client``: False for the commands that never serve. The local client's key
+    is shown once, by ``serve`` on the start that created it; a command run before the first
+    start must not create it unseen (the key would be lost), and needs no service client."""
     data = settings.data_dir
     database_url = settings.database_url or f"sqlite:///{(data / 'favorites.db').as_posix()}"
 
@@ -52,6 +55,8 @@ def resolve(settings: Settings) -> EmbeddedDefaults:
     new_key: str | None = None
     if settings.service_clients is not None:
         clients = tuple(settings.service_clients)
+    elif not create_local_client and not (data / "local-client.json").exists():
+        clients = ()
     else:
         path = data / "local-client.json"
         key = "fav_" + secrets.token_urlsafe(32)

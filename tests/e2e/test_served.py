@@ -519,3 +519,37 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         assert served_now.process.wait(timeout=30) in (0, -signal.SIGTERM)
         log = (tmp_path / "serve.log").read_text()
         assert log.count("draining done; shutting down") == 2  # one per worker
+
+
+def test_a_command_before_the_first_start_leaves_the_key_to_serve(tmp_path: Path) -> None:
+    """The local client's key is shown once, by the start that creates it: a migration or a
+    token before the first start must not create it unseen."""
+    env = clean_env()
+    for args in (["migrate"], ["token", "--user", str(uuid.uuid4())]):
+        done = subprocess.run([str(BIN / "favorites"), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60, check=True)
+        assert "fav_" not in done.stdout + done.stderr
+    assert not (tmp_path / "var" / "local-client.json").exists()
+    for served in _serve(tmp_path):
+        assert "X-API-Key: fav_" in served.output
+
+
+def test_the_demo_is_for_the_embedded_default_only_and_never_on_stdout(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """On PostgreSQL the service is not a demo: no token signed with its key is printed. On the
+    embedded default the demo goes to stderr: stdout is the JSON logs."""
+    port = free_port()
+    env = clean_env(FAVORITES_DATABASE_URL=postgres_url.replace("+asyncpg", ""))
+    with (tmp_path / "out.log").open("w") as out_file, (tmp_path / "err.log").open("w") as err_file:
+        process = subprocess.Popen([str(BIN / "favorites"), "serve", "--port", str(port)],
+                                   cwd=tmp_path, env=env, stdout=out_file, stderr=err_file)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", process, tmp_path / "err.log")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    out, err = (tmp_path / "out.log").read_text(), (tmp_path / "err.log").read_text()
+    assert "access token" not in out + err
+    assert "X-API-Key: fav_" in err  # no FAVORITES_SERVICE_CLIENTS: the local client still
+    assert all(line.startswith("{") for line in out.splitlines())

@@ -28,6 +28,12 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+def _defaults(settings: Settings) -> embedded.EmbeddedDefaults:
+    """The embedded defaults of a command that does not serve: it never creates the local
+    service client, whose key only ``serve`` shows (see ``embedded.resolve``)."""
+    return embedded.resolve(settings, create_local_client=False)
+
+
 def _uuid(value: str) -> UUID:
     from favorites.domain.errors import ValidationFailed
     from favorites.domain.ids import parse_uuid
@@ -147,10 +153,13 @@ def _serve(args: argparse.Namespace) -> int:
     defaults = embedded.resolve(settings)
     if is_sqlite(defaults.database_url):
         migrate.upgrade(defaults.database_url)
+    # To stderr: stdout is the logs, one JSON object a line.
     if defaults.new_local_key:
-        print("Local service client created (loopback only, all scopes). Its API key, shown once:")
-        print(f"  X-API-Key: {defaults.new_local_key}")
-    if settings.database_url is None or settings.env == "development":
+        print("Local service client created (loopback only, all scopes). Its API key, shown once"
+              f" (delete {settings.data_dir / 'local-client.json'} for a new one):",
+              file=sys.stderr)
+        print(f"  X-API-Key: {defaults.new_local_key}", file=sys.stderr)
+    if settings.database_url is None:  # the embedded default: a demo, never a real deployment
         _print_demo(settings, defaults, args.host, args.port)
     admin = None
     if settings.is_production:  # /metrics of all workers, from this parent, on the admin port
@@ -219,13 +228,13 @@ def _print_demo(settings: Settings, defaults: embedded.EmbeddedDefaults, host: s
     token, _ = build_jwt(settings, defaults).mint(user, ("user",))
     product = uuid4()
     base = f"http://{host}:{port}"
-    print(f"Demo user {user}; access token (1 h):\n  {token}")
-    print("Try it (registers a demo product, saves it, lists favorites):")
-    print(f"  {_invocation()} products add {product}")
-    print(f"  curl -s -X PUT -H 'Authorization: Bearer {token}' "
-          f"{base}/v1/users/me/favorites/{product}")
-    print(f"  curl -s -H 'Authorization: Bearer {token}' {base}/v1/users/me/favorites")
-    sys.stdout.flush()
+    lines = [f"Demo user {user}; access token (1 h):", f"  {token}",
+             "Try it (registers a demo product, saves it, lists favorites):",
+             f"  {_invocation()} products add {product}",
+             f"  curl -s -X PUT -H 'Authorization: Bearer {token}' "
+             f"{base}/v1/users/me/favorites/{product}",
+             f"  curl -s -H 'Authorization: Bearer {token}' {base}/v1/users/me/favorites"]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 #: SQLSTATEs (classes by their first two characters) that say the database cannot be used as
@@ -279,7 +288,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from favorites.adapters.db import migrate
 
     settings = _settings()
-    url = embedded.resolve(settings).database_url
+    url = _defaults(settings).database_url
     if args.direction == "down" and not args.revision:
         print("favorites migrate down needs a revision (e.g. base)", file=sys.stderr)
         return 2
@@ -300,7 +309,7 @@ _OPERATOR = Principal(kind=PrincipalKind.SERVICE, subject="favorites-cli",
 async def _issue_recorded(settings: Settings, user: UUID, roles: tuple[str, ...]) -> str:
     from favorites import bootstrap
 
-    container = bootstrap.build(settings)
+    container = bootstrap.build(settings, _defaults(settings))
     try:
         pair = await container.tokens.issue(_OPERATOR, user, roles)
     finally:
@@ -318,7 +327,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     settings = _settings()
     roles = ("admin",) if args.admin else ("user",)
-    url = embedded.resolve(settings).database_url
+    url = _defaults(settings).database_url
     try:
         if is_sqlite(url):
             migrate.upgrade(url)
@@ -327,7 +336,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         problem = _database_problem(exc) or _unmigrated(exc)
         if problem is None:
             raise
-        token, _ = build_jwt(settings, embedded.resolve(settings)).mint(args.user, roles)
+        token, _ = build_jwt(settings, _defaults(settings)).mint(args.user, roles)
         print(f"favorites: warning: the token is not recorded, so an erasure of the user cannot "
               f"revoke it before it expires (cannot use the database {_masked(url)}: {problem})",
               file=sys.stderr)
@@ -371,7 +380,8 @@ def _read_ids(name: str, lines: Iterable[bytes]) -> list[UUID]:
 async def _register(ids: Sequence[UUID]) -> int:
     from favorites import bootstrap
 
-    container = bootstrap.build(_settings())
+    settings = _settings()
+    container = bootstrap.build(settings, _defaults(settings))
     try:
         created = 0
         for start in range(0, len(ids), 1000):
@@ -395,7 +405,7 @@ def cmd_products(args: argparse.Namespace) -> int:
             ids = _read_ids(args.file, handle)
     ids = list(dict.fromkeys(ids))  # the same product twice is one product
     settings = _settings()
-    url = embedded.resolve(settings).database_url
+    url = _defaults(settings).database_url
     from favorites.domain.errors import CatalogIsExternal
 
     with _database(url):
@@ -412,7 +422,7 @@ def cmd_products(args: argparse.Namespace) -> int:
 def cmd_partition(args: argparse.Namespace) -> int:
     from favorites.adapters.db.partition import PartitionError, partition_favorites
 
-    url = embedded.resolve(_settings()).database_url
+    url = _defaults(_settings()).database_url
     try:
         with _database(url):
             result = asyncio.run(partition_favorites(url, args.partitions, keep_old=args.keep_old))
