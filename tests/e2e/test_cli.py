@@ -261,6 +261,16 @@ def test_a_database_without_the_schema_says_to_migrate(tmp_path: Path) -> None:
         imported = run(tmp_path, "products", "add", str(uuid.uuid4()), env=env)
         assert imported.returncode == 2
         assert one_line(imported) == f"favorites: {said}"
+        # serve would be ready (the database answers) and fail every request: it does not start.
+        served = run(tmp_path, "serve", "--port", str(free_port()), env=env)
+        assert served.returncode == 2
+        assert served.stderr.strip().splitlines()[-1] == f"favorites: {said}"
+        assert run(tmp_path, "migrate", "up", "0007", env=env).returncode == 0
+        behind = run(tmp_path, "serve", "--port", str(free_port()), env=env)
+        assert behind.returncode == 2
+        assert behind.stderr.strip().splitlines()[-1] == (
+            f"favorites: cannot use the database {url}: its schema is at revision 0007, this "
+            "version needs 0008: run favorites migrate")
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 

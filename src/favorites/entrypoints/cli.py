@@ -153,6 +153,12 @@ def _serve(args: argparse.Namespace) -> int:
     defaults = embedded.resolve(settings)
     if is_sqlite(defaults.database_url):
         migrate.upgrade(defaults.database_url)
+    else:
+        behind = _schema_behind(defaults.database_url)
+        if behind is not None:
+            print(f"favorites: cannot use the database {_masked(defaults.database_url)}: "
+                  f"{behind}: run favorites migrate", file=sys.stderr)
+            return 2
     # To stderr: stdout is the logs, one JSON object a line.
     if defaults.new_local_key:
         print("Local service client created (loopback only, all scopes). Its API key, shown once"
@@ -342,6 +348,20 @@ def cmd_token(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(token)
     return 0
+
+
+def _schema_behind(url: str) -> str | None:
+    """An unmigrated database would be ready (it answers) and fail every request: refused at
+    start. One that cannot be reached yet is not: the service starts not ready, as always, and
+    a deployment runs its migrations before it starts new pods."""
+    from favorites.adapters.db import migrate
+
+    try:
+        return migrate.schema_behind(url)
+    except Exception as exc:
+        if _database_problem(exc) is None:
+            raise
+        return None
 
 
 def _unmigrated(exc: BaseException) -> str | None:
