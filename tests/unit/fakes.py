@@ -301,6 +301,10 @@ class RecordingCache(NullFavoritesCache):
     def __init__(self) -> None:
         super().__init__()
         self.invalidated: list[UUID] = []
+        self.purged: list[UUID] = []
 
     async def invalidate_user(self, user_id: UUID) -> None:
         self.invalidated.append(user_id)
+
+    async def purge_user(self, user_id: UUID) -> None:
+        self.purged.append(user_id)

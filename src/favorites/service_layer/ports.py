@@ -237,6 +237,10 @@ class FavoritesCache(Protocol):
 
     async def invalidate_user(self, user_id: UUID) -> None: ...
 
+    async def purge_user(self, user_id: UUID) -> None:
+        """An erasure: invalidate, and delete the user's entries rather than leave them
+        unreachable until their TTL (they name the user's products)."""
+
 
 class FeatureFlags(Protocol):
     def enabled(self, flag: str, user_id: UUID) -> bool:

@@ -68,5 +68,5 @@ class UsersService:
             )
             await uow.commit()
         revoke_locally(self._revocations, live)
-        await self._cache.invalidate_user(user_id)
+        await self._cache.purge_user(user_id)
         return deleted

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from favorites.adapters.cache import policy
 from favorites.adapters.cache.null import NullFavoritesCache
+from favorites.adapters.cache.redis import RedisFavoritesCache
 from favorites.adapters.cache.redis_client import RedisClient
 from favorites.adapters.cache.setup import Caches
 from favorites.domain.errors import ProductNotFound
@@ -228,6 +229,23 @@ async def test_erasure_and_product_deletion_invalidate(instance: Instance) -> No
     assert await instance.users.erase(SERVICE, user_id) == 1
     assert await listed(instance, user_id) == set()
     assert await instance.favorites.count(user(user_id), user_id) == 0
+
+
+async def test_an_erasure_deletes_the_users_entries_from_redis(redis_backed: Instance) -> None:
+    """SPEC: an erasure purges caches. Made unreachable is not enough: the page names the
+    user's products, and would stay in Redis until its TTL."""
+    instance, user_id = redis_backed, uuid.uuid4()
+    await add(instance, user_id, await new_product(instance))
+    assert len(await listed(instance, user_id)) == 1
+    assert await instance.favorites.count(user(user_id), user_id) == 1
+    cache = instance.caches.favorites
+    assert isinstance(cache, RedisFavoritesCache)
+    client = cache._gate.client
+    entries = [f"{cache._user(user_id)}:{cache._gate.epoch.current}:{kind}" for kind in "pc"]
+    assert await client.exists(*entries) == 2  # the page and the count, cached
+    await instance.users.erase(SERVICE, user_id)
+    assert await client.exists(*entries) == 0
+    assert await listed(instance, user_id) == set()
 
 
 async def test_a_product_service_deletion_forgets_the_cached_existence(

@@ -176,7 +176,7 @@ async def test_erasure_deletes_everything_and_pseudonymises_audit(
     assert str(owner) not in text
     assert users.pseudonym(owner) in text
     assert [e.action for e, _ in db.state.audit].count(AuditAction.USER_ERASED) == 2
-    assert cache.invalidated[-1] == owner
+    assert cache.purged[-1] == owner  # deleted, not only made unreachable
     # Both access tokens the user held are revoked, here at once and in the shared list.
     assert set(revocations.revoked) == set(signer.token_ids[:2])
     assert set(signer.token_ids[:2]) <= set(db.state.revoked)

@@ -124,6 +124,9 @@ class InProcessFavoritesCache:
         self._pages.pop(user_id)
         self._counts.pop(user_id)
 
+    async def purge_user(self, user_id: UUID) -> None:
+        await self.invalidate_user(user_id)  # which drops the entries already
+
 
 class InProcessProductCache:
     """Product existence ("exists" only, see ``catalog.CachedCatalog``)."""

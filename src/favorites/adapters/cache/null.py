@@ -33,3 +33,6 @@ class NullFavoritesCache:
 
     async def invalidate_user(self, user_id: UUID) -> None:
         return None
+
+    async def purge_user(self, user_id: UUID) -> None:
+        return None

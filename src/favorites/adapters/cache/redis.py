@@ -182,6 +182,17 @@ class RedisFavoritesCache(_RedisCache):
     async def invalidate_user(self, user_id: UUID) -> None:
         await self._bump_version(f"{self._user(user_id)}:v", policy.USER_VERSION_TTL)
 
+    async def purge_user(self, user_id: UUID) -> None:
+        """After the invalidation, the entries themselves: those of the current epoch (an older
+        epoch's are never read again and expire with their TTL). A Redis that cannot be reached
+        now keeps them, unreachable, for at most that TTL."""
+        await self.invalidate_user(user_id)
+        gate, base = self._gate, self._user(user_id)
+        keys = [f"{base}:{gate.epoch.current}:{kind}" for kind in ("p", "c")]
+        fast = gate.fast
+        await gate.call(lambda: fast.execute("DEL", *keys) if fast is not None
+                        else gate.client.delete(*keys), bounded=fast is not None)
+
     async def _get(self, user_id: UUID, kind: str, cache_name: str) -> bytes | None:
         return (await self._lookup(user_id, kind, cache_name))[0]
 
