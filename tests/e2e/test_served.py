@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -98,6 +99,67 @@ def test_chunked_body_over_the_limit_is_413_over_a_socket(served: Served) -> Non
         reply = sock.recv(65536).decode()
     assert reply.startswith("HTTP/1.1 413")
     assert "application/problem+json" in reply
+
+
+def _reply(sock: socket.socket) -> str:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_a_request_head_over_16_kib_is_431_and_the_server_goes_on(served: Served) -> None:
+    """httptools buffers a header of any size: a 60 MB one held a worker's event loop for
+    seconds. Refused at 16 KiB, before the rest is even sent."""
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        with contextlib.suppress(OSError):  # the server may close while this still sends
+            while sent < 1024 * 1024:
+                sock.sendall(b"a" * 4096)
+                sent += 4096
+        reply = _reply(sock)
+    assert reply.startswith("HTTP/1.1 431")
+    assert "application/problem+json" in reply
+    assert "request-header-fields-too-large" in reply
+    assert "x-request-id: " in reply.lower()
+    many = "".join(f"X-H{i}: {i}\r\n" for i in range(50))  # many small headers are fine
+    assert httpx.get(f"{served.base}/health/live", headers=dict(
+        line.split(": ") for line in many.strip().split("\r\n"))).status_code == 200
+
+
+def test_a_request_head_that_trickles_in_is_408_after_10_seconds(served: Served) -> None:
+    """uvicorn stops timing a connection at its first byte: a header line a second kept one
+    open forever. The head must be complete 10 s after its first byte."""
+    host, port = served.base.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(OSError):
+            for i in range(15):
+                sock.sendall(f"X-Slow-{i}: 1\r\n".encode())
+                time.sleep(1)
+        reply = _reply(sock)
+    assert reply.startswith("HTTP/1.1 408")
+    assert "request-timeout" in reply
+    assert 9 < time.monotonic() - started < 15
+
+
+def test_a_slow_but_complete_head_and_a_kept_alive_connection_are_not_timed_out(
+    served: Served,
+) -> None:
+    """The timer runs from a request's first byte to its last header, not between requests."""
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+            time.sleep(2)
+            sock.sendall(b"\r\n")
+            [(status, _)] = _read_responses(sock, 1)
+            assert status.startswith("HTTP/1.1 200")
+            time.sleep(3)  # idle, kept alive (uvicorn's keep-alive timeout is 5 s)
 
 
 def _read_responses(sock: socket.socket, count: int) -> list[tuple[str, bytes]]:

@@ -97,8 +97,16 @@ class CatalogIsExternal(FavoritesError):
     status, slug, title = 409, "catalog-is-external", "Products are managed by the product service"
 
 
+class RequestTimeout(FavoritesError):
+    status, slug, title = 408, "request-timeout", "Request head not received in time"
+
+
 class PayloadTooLarge(FavoritesError):
     status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+class HeadersTooLarge(FavoritesError):
+    status, slug, title = 431, "request-header-fields-too-large", "Request headers too large"
 
 
 class UnsupportedMediaType(FavoritesError):

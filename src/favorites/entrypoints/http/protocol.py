@@ -10,6 +10,16 @@ A request the HTTP parser refuses (an unknown method, a request line or header t
 that are not HTTP) never reaches the app, so no middleware can dress its answer. uvicorn's own is a
 bare ``text/plain`` 400; SPEC §3 asks for problem+json, an ``X-Request-ID`` and the security
 headers on every response, so this protocol writes that instead.
+
+The request head (request line and headers) is bounded here too, as the body is by the app:
+httptools buffers a header of any size, and uvicorn stops timing a connection at its first byte.
+Unbounded, one connection sending a 60 MB header held a worker's event loop for seconds, and one
+sending a header line a second held its connection forever. A head over ``MAX_HEAD_BYTES`` is
+answered 431, one not complete ``HEAD_TIMEOUT`` seconds after its first byte 408; the connection
+is closed either way. It is closed the way a web server closes on a client still sending (a
+lingering close): the answer and then the end of our side, while what still arrives is read and
+dropped for up to ``LINGER_SECONDS``. Closed at once, the unread bytes make the kernel reset the
+connection, and the client may lose the answer before reading it.
 """
 
 from __future__ import annotations
@@ -20,13 +30,29 @@ from uuid import UUID
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from favorites.domain.errors import MalformedRequest
+from favorites.domain.errors import (
+    FavoritesError,
+    HeadersTooLarge,
+    MalformedRequest,
+    RequestTimeout,
+)
 from favorites.entrypoints.http.middleware import SECURITY_HEADERS
 from favorites.entrypoints.http.responses import PROBLEM_JSON, problem_body
 from favorites.transports import CoalescingTransport
 
 _UNPARSABLE = MalformedRequest("the request is not valid HTTP/1.1 (method, request line or "
                                "headers); the connection is closed")
+#: Far above what a browser or a service sends (a token is about 400 bytes; nginx's default
+#: buffers take 8 KB a header line): 16 KiB, as uvicorn's h11 protocol allows.
+MAX_HEAD_BYTES = 16 * 1024
+#: Seconds from a request's first byte to the end of its headers.
+HEAD_TIMEOUT = 10.0
+#: Seconds a refused connection's incoming bytes are still read (and dropped) before it closes.
+LINGER_SECONDS = 2.0
+_TOO_LARGE = HeadersTooLarge(f"the request line and headers exceed {MAX_HEAD_BYTES} bytes; "
+                             "the connection is closed")
+_TOO_SLOW = RequestTimeout(f"the request line and headers did not arrive within "
+                           f"{HEAD_TIMEOUT:g} s; the connection is closed")
 _FIXED_HEADERS = b"".join(
     name + b": " + value + b"\r\n"
     for name, value in (*SECURITY_HEADERS, (b"cache-control", b"no-store"),
@@ -38,20 +64,69 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # FlowControl holds the real transport
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        #: Bytes of the request head received so far; None while a body or response is under way.
+        self._head_bytes: int | None = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: read and dropped
+        if self._head_bytes is not None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES
+                and not self.transport.is_closing()):
+            self._refuse(_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        self._head_done()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_bytes = 0  # the next request's head, timed from its first byte
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
+    def _head_done(self) -> None:
+        self._head_bytes = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._head_bytes is not None and not self.transport.is_closing():
+            self._refuse(_TOO_SLOW)
 
     def send_400_response(self, msg: str) -> None:
-        """The parser's 400 as problem+json with the headers every response carries. The path
-        may not have been read, so ``instance`` names this occurrence by its request id."""
+        """The parser's 400 as problem+json with the headers every response carries."""
+        self._refuse(_UNPARSABLE)
+
+    def _refuse(self, error: FavoritesError) -> None:
+        """A problem+json answer to a request the app never saw, and the connection closed. The
+        path may not have been read, so ``instance`` names this occurrence by its request id."""
+        self._head_done()
         request_id = f"{random.getrandbits(128):032x}"
         body = problem_body(
-            type_uri=_UNPARSABLE.type_uri, title=_UNPARSABLE.title, status=_UNPARSABLE.status,
-            detail=_UNPARSABLE.detail, instance=UUID(hex=request_id).urn,
-            request_id=request_id,
+            type_uri=error.type_uri, title=error.title, status=error.status,
+            detail=error.detail, instance=UUID(hex=request_id).urn, request_id=request_id,
         )
-        head = [STATUS_LINE[400]]
+        head = [STATUS_LINE[error.status]]
         for name, value in self.server_state.default_headers:
             head.extend([name, b": ", value, b"\r\n"])
         head.extend([_FIXED_HEADERS, b"x-request-id: ", request_id.encode("ascii"), b"\r\n",
                      b"content-length: ", str(len(body)).encode("ascii"), b"\r\n\r\n", body])
         self.transport.write(b"".join(head))
-        self.transport.close()
+        self._refused = True
+        try:
+            self.transport.write_eof()
+        except (NotImplementedError, RuntimeError, OSError):
+            self.transport.close()
+            return
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
