@@ -15,7 +15,7 @@ The request head (request line and headers) is bounded here too, as the body is 
 httptools buffers a header of any size, and uvicorn stops timing a connection at its first byte.
 Unbounded, one connection sending a 60 MB header held a worker's event loop for seconds, and one
 sending a header line a second held its connection forever. A head over ``MAX_HEAD_BYTES`` is
-answered 431, one not complete ``HEAD_TIMEOUT`` seconds after its first byte 408; the connection
+answered 431, one not complete ``HEAD_TIMEOUT`` seconds after its first piece arrived 408; the connection
 is closed either way. It is closed the way a web server closes on a client still sending (a
 lingering close): the answer and then the end of our side, while what still arrives is read and
 dropped for up to ``LINGER_SECONDS``. Closed at once, the unread bytes make the kernel reset the
@@ -64,8 +64,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # FlowControl holds the real transport
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
-        #: Bytes of the request head received so far; None while a body or response is under way.
+        #: Bytes received since the last request ended; None while a body or response is under
+        #: way. ``_in_head``: the parser has begun a request whose headers are not complete.
         self._head_bytes: int | None = 0
+        self._in_head = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -73,13 +75,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # lingering: read and dropped
         if self._head_bytes is not None:
-            if self._head_timer is None:
-                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
             self._head_bytes += len(data)
         super().data_received(data)
-        if (self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES
-                and not self.transport.is_closing()):
-            self._refuse(_TOO_LARGE)
+        if self._in_head and not self._refused:  # a head still incomplete after this chunk
+            if self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(_TOO_LARGE)
+            elif self._head_timer is None:
+                # Only now: a head that arrives in one piece, as nearly all do, costs no timer.
+                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
 
     def on_headers_complete(self) -> None:
         self._head_done()
@@ -87,7 +94,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._head_bytes = 0  # the next request's head, timed from its first byte
+        self._head_bytes = 0  # the next request's head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_done()
@@ -95,13 +102,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_done(self) -> None:
         self._head_bytes = None
+        self._in_head = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self._head_bytes is not None and not self.transport.is_closing():
+        if self._in_head and not self._refused and not self.transport.is_closing():
             self._refuse(_TOO_SLOW)
 
     def send_400_response(self, msg: str) -> None:
