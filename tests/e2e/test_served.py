@@ -513,13 +513,19 @@ def test_sigterm_drains_readiness_before_shutting_down(tmp_path: Path) -> None:
 
     env = clean_env(FAVORITES_DRAIN_SECONDS="3")
     for served_now in _serve(tmp_path, env=env):
+        kept = httpx.get(f"{served_now.base}/health/live", timeout=2)
+        assert kept.headers.get("connection") != "close"
         served_now.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         ready = httpx.get(f"{served_now.base}/health/ready", timeout=2)
         assert ready.status_code == 503
         assert ready.json()["status"] == "draining"
         assert ready.headers["retry-after"]
-        assert httpx.get(f"{served_now.base}/health/live", timeout=2).status_code == 200
+        live = httpx.get(f"{served_now.base}/health/live", timeout=2)
+        assert live.status_code == 200
+        # Still served, but not kept alive: the client's next request opens a new connection,
+        # which the load balancer sends elsewhere, instead of being reset at the shutdown.
+        assert live.headers["connection"] == "close"
         started = time.monotonic()
         # uvicorn shuts down gracefully, then re-raises the signal it caught: exit by SIGTERM.
         assert served_now.process.wait(timeout=20) in (0, -signal.SIGTERM)

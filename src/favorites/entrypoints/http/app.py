@@ -210,5 +210,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside observability: a refused body is logged, counted and traced like any answer.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)  # just inside the edge: the request id is known
-    app.add_middleware(EdgeMiddleware, docs=docs)
+    app.add_middleware(EdgeMiddleware, docs=docs, state=container)
     return app

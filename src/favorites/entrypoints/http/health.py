@@ -23,6 +23,10 @@ async def live() -> Response:
 
 @router.get("/health/ready", summary="This instance can take traffic")
 async def ready(app: AppContainer) -> Response:
+    if app.draining:  # the answer is known: no need to wait up to 2 s for the database
+        metrics.favorites_ready.set(0)
+        return JSONResponse({"status": "draining", "checks": {}}, status_code=503,
+                            headers={"Retry-After": "5"})
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
@@ -33,9 +37,7 @@ async def ready(app: AppContainer) -> Response:
         checks["database"] = "unavailable"
     for name, probe in app.readiness_probes.items():
         checks[name] = await probe()
-    if app.draining:
-        status, code = "draining", 503
-    elif checks["database"] != "ok":
+    if checks["database"] != "ok":
         status, code = "unavailable", 503
     elif any(value != "ok" for value in checks.values()):
         status, code = "degraded", 200

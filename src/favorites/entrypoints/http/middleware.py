@@ -14,7 +14,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 from favorites.domain.errors import FavoritesError, MalformedRequest, PayloadTooLarge
 from favorites.entrypoints.http.responses import PROBLEM_JSON, problem_body
@@ -39,6 +39,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
 )
 _NO_STORE = (b"cache-control", b"no-store")
+_CLOSE = (b"connection", b"close")
 #: Interactive docs need scripts and styles from the page itself; everything else gets 'none'.
 _DOCS_CSP = (
     b"content-security-policy",
@@ -59,10 +60,17 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+class Draining(Protocol):
+    """The instance's state after SIGTERM (the container): ``draining`` once it began."""
+
+    draining: bool
+
+
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, docs: bool = False):
+    def __init__(self, app: ASGIApp, *, docs: bool = False, state: Draining | None = None):
         self.app = app
         self.docs = docs
+        self._state = state
         self._headers = list(SECURITY_HEADERS)
         self._docs_headers = [h for h in self._headers if h[0] != b"content-security-policy"]
         self._docs_headers.append(_DOCS_CSP)
@@ -102,6 +110,11 @@ class EdgeMiddleware:
                 # Only the response's own headers can: none of those added here is one.
                 if not any(name.lower() == b"cache-control" for name, _ in own):
                     headers.append(_NO_STORE)
+                if self._state is not None and self._state.draining:
+                    # The client's next request then opens a new connection, which the load
+                    # balancer sends to another pod; kept alive, it would reach this one just
+                    # as it stops, and be reset.
+                    headers.append(_CLOSE)
                 message["headers"] = headers
             elif head and message["type"] == "http.response.body":
                 message = {**message, "body": b""}
