@@ -250,6 +250,33 @@ def test_spans_that_end_after_their_root_follow_its_decision() -> None:
     assert names == [("kept", 5), ("late", 5)]
 
 
+def test_traces_kept_for_the_callers_flag_alone_are_bounded_per_second() -> None:
+    """Any client can send a traceparent with the sampled flag: it does not buy it an export
+    of every request. Errors and the ratio are kept whatever the flag's budget."""
+    now = [0.0]
+    exporter = InMemorySpanExporter()
+    sampler = TailSamplingSpanProcessor(SimpleSpanProcessor(exporter), 0.0,
+                                        upstream_per_second=10, clock=lambda: now[0])
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(sampler)
+    tracer = provider.get_tracer("test")
+
+    def flagged(trace_id: int, error: bool = False) -> None:
+        root = tracer.start_span("root", context=trace.set_span_in_context(_remote(trace_id, True)))
+        if error:
+            root.set_status(StatusCode.ERROR)
+        root.end()
+
+    for trace_id in range(1, 101):  # a hundred in the same instant
+        flagged(trace_id)
+    flagged(1000, error=True)
+    assert len(exporter.get_finished_spans()) == 11  # ten for the flag, and the error
+    now[0] = 0.5  # half a second refills half the budget
+    for trace_id in range(101, 201):
+        flagged(trace_id)
+    assert len(exporter.get_finished_spans()) == 16
+
+
 def test_open_traces_are_bounded() -> None:
     tracer, exporter, sampler = _tail(1.0)
     roots = [tracer.start_span("root", context=trace.set_span_in_context(_remote(i + 1)))

@@ -7,7 +7,8 @@ forwarded to the exporter's ``BatchSpanProcessor`` when
 
 - any of its spans has status ERROR, or the root has ``http.response.status_code`` >= 500;
 - the caller sampled it (incoming ``traceparent`` with the sampled flag, W3C), so a distributed
-  trace is never cut at our hop; or
+  trace is not cut at our hop, up to ``upstream_per_second`` such traces a second: any client
+  can set the flag, and would otherwise choose to have every one of its requests exported; or
 - its trace id falls in the ratio (the lower 64 bits below ``ratio * 2**64``, the same rule as
   OpenTelemetry's ``TraceIdRatioBased``, so every service keeps the same traces).
 
@@ -19,7 +20,9 @@ remembered for the last ``remember`` traces.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -61,8 +64,15 @@ class TailSamplingSpanProcessor(SpanProcessor):
         max_traces: int = 10_000,
         max_spans: int = 512,
         remember: int = 10_000,
+        upstream_per_second: float = 100.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._downstream = downstream
+        #: A token bucket (one second's worth at most) for traces kept only for the caller's flag.
+        self._upstream_rate = upstream_per_second
+        self._upstream_tokens = upstream_per_second
+        self._upstream_at = clock()
+        self._clock = clock
         self._bound = ratio_bound(ratio)
         self._max_traces = max_traces
         self._max_spans = max_spans
@@ -107,8 +117,8 @@ class TailSamplingSpanProcessor(SpanProcessor):
             keep = (
                 _errored(root)
                 or (trace is not None and trace.errored)
-                or upstream_sampled
                 or in_ratio(trace_id, self._bound)
+                or (upstream_sampled and self._upstream_budget())
             )
             self._decided[trace_id] = keep
             if len(self._decided) > self._remember:
@@ -117,6 +127,17 @@ class TailSamplingSpanProcessor(SpanProcessor):
             for span in trace.spans if trace is not None else ():
                 self._downstream.on_end(span)
             self._downstream.on_end(root)
+
+    def _upstream_budget(self) -> bool:
+        """One more trace kept for the caller's flag alone, if the last second allows it."""
+        now = self._clock()
+        self._upstream_tokens = min(self._upstream_rate, self._upstream_tokens
+                                    + (now - self._upstream_at) * self._upstream_rate)
+        self._upstream_at = now
+        if self._upstream_tokens < 1:
+            return False
+        self._upstream_tokens -= 1
+        return True
 
     def shutdown(self) -> None:
         with self._lock:
