@@ -125,9 +125,26 @@ def test_a_request_head_over_16_kib_is_431_and_the_server_goes_on(served: Served
     assert "application/problem+json" in reply
     assert "request-header-fields-too-large" in reply
     assert "x-request-id: " in reply.lower()
+    metrics = httpx.get(f"{served.base}/metrics").text
+    assert re.search(r'http_requests_total\{method="GET",path="unmatched",status="431"\} [1-9]',
+                     metrics), metrics
     many = "".join(f"X-H{i}: {i}\r\n" for i in range(50))  # many small headers are fine
     assert httpx.get(f"{served.base}/health/live", headers=dict(
         line.split(": ") for line in many.strip().split("\r\n"))).status_code == 200
+
+
+def test_a_request_refused_before_routing_is_logged(tmp_path: Path) -> None:
+    for served_now in _serve(tmp_path):
+        host, port = served_now.base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _reply(sock).startswith("HTTP/1.1 400")
+    lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
+             if "refused before routing" in line]
+    assert [(line["level"], line["operation"], line["method"], line["path"], line["status"])
+            for line in lines] == [("INFO", "httpRequest", "OTHER", "unmatched", 400)]
+    assert lines[0]["message"] == "OTHER refused before routing: 400 malformed-request"
+    assert len(lines[0]["requestId"]) == 32
 
 
 def test_a_request_head_that_trickles_in_is_408_after_10_seconds(served: Served) -> None:

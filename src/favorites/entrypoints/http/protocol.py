@@ -28,6 +28,7 @@ import asyncio
 import random
 from uuid import UUID
 
+import structlog
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from favorites.domain.errors import (
@@ -38,7 +39,11 @@ from favorites.domain.errors import (
 )
 from favorites.entrypoints.http.middleware import SECURITY_HEADERS
 from favorites.entrypoints.http.responses import PROBLEM_JSON, problem_body
+from favorites.observability.metrics import HTTP_METHODS, HttpMetrics
 from favorites.transports import CoalescingTransport
+
+_log = structlog.get_logger("favorites.http")
+_metrics = HttpMetrics()
 
 _UNPARSABLE = MalformedRequest("the request is not valid HTTP/1.1 (method, request line or "
                                "headers); the connection is closed")
@@ -68,6 +73,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         #: way. ``_in_head``: the parser has begun a request whose headers are not complete.
         self._head_bytes: int | None = 0
         self._in_head = False
+        self._method_read = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -87,6 +93,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
+        self._method_read = False
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._method_read = True  # the parser reads the method before the target
 
     def on_headers_complete(self) -> None:
         self._head_done()
@@ -112,15 +123,33 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and not self._refused and not self.transport.is_closing():
             self._refuse(_TOO_SLOW)
 
+    def _method(self) -> str:
+        """The request's method if the parser read one this service knows, else OTHER (before
+        the target is read, the parser's method is a placeholder)."""
+        if not self._method_read:
+            return "OTHER"
+        try:
+            method = self.parser.get_method().decode("ascii", "replace")
+        except Exception:  # not parsed yet, or not a method at all
+            return "OTHER"
+        return method if method in HTTP_METHODS else "OTHER"
+
     def send_400_response(self, msg: str) -> None:
         """The parser's 400 as problem+json with the headers every response carries."""
         self._refuse(_UNPARSABLE)
 
     def _refuse(self, error: FavoritesError) -> None:
         """A problem+json answer to a request the app never saw, and the connection closed. The
-        path may not have been read, so ``instance`` names this occurrence by its request id."""
+        path may not have been read, so ``instance`` names this occurrence by its request id.
+        Counted and logged like any answer (``path`` is ``unmatched``: no route was matched), so
+        a flood of them shows on the dashboards and in the logs."""
         self._head_done()
         request_id = f"{random.getrandbits(128):032x}"
+        method = self._method()
+        _metrics.observe(method, "unmatched", error.status, 0.0)
+        _log.info(f"{method} refused before routing: {error.status} {error.slug}",
+                  operation="httpRequest", requestId=request_id, method=method,
+                  path="unmatched", status=error.status)
         body = problem_body(
             type_uri=error.type_uri, title=error.title, status=error.status,
             detail=error.detail, instance=UUID(hex=request_id).urn, request_id=request_id,
