@@ -10,6 +10,7 @@ variable, so start-up stops before anything is printed or started.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -504,3 +505,26 @@ def load_settings(**overrides: Any) -> Settings:
     if _uses_data_dir(settings):
         _prepare_data_dir(settings.data_dir)
     return settings
+
+
+#: Variables with the prefix that are not settings but are read elsewhere: the smoke command's
+#: key, and the test suite's own.
+_NOT_SETTINGS = ("FAVORITES_SMOKE_API_KEY",)
+_NOT_SETTINGS_PREFIXES = ("FAVORITES_TEST_",)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``FAVORITES_*`` variables that are not settings, each with the likeliest one meant: a
+    misspelt name is otherwise ignored without a word, and its setting silently at its default
+    (``FAVORITES_DATABSE_URL`` would serve the embedded SQLite file)."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known |= {f"{ENV_PREFIX}{name.upper()}_FILE" for name in SECRET_FIELDS}
+    found = []
+    for name in sorted(environ):
+        if (not name.startswith(ENV_PREFIX) or name in known or name in _NOT_SETTINGS
+                or name.startswith(_NOT_SETTINGS_PREFIXES)):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        found.append(f"{name} is not a setting and is ignored"
+                     + (f" (did you mean {close[0]}?)" if close else ""))
+    return found

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import re
 import socket
@@ -22,7 +23,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 
+from favorites.adapters.db import migrate
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.test_served import BIN, _serve, clean_env, free_port
 from tests.flagfiles import rollout, write
@@ -445,3 +448,29 @@ def test_smoke_without_a_key_or_a_server_says_so(tmp_path: Path) -> None:
     assert down.returncode == 1
     assert down.stdout.startswith("FAIL ready")
     assert "ConnectError" in down.stdout
+
+
+# What an operator meets first
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_meant(tmp_path: Path) -> None:
+    """Ignored without a word, FAVORITES_DATABSE_URL would serve the embedded SQLite file."""
+    result = run(tmp_path, "serve", "--host", "nosuchhost.invalid", "--port", str(free_port()),
+                 env=clean_env(FAVORITES_DATABSE_URL="postgresql://db/favorites",
+                               FAVORITES_SMOKE_API_KEY="fav_x"))  # smoke's own: no warning
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        "favorites: warning: FAVORITES_DATABSE_URL is not a setting and is ignored (did you "
+        "mean FAVORITES_DATABASE_URL?)")
+    assert "SMOKE" not in result.stderr
+
+
+def test_version_and_migrate_say_what_they_are_at(tmp_path: Path) -> None:
+    version = run(tmp_path, "--version")
+    assert (version.returncode, version.stdout) == (
+        0, f"favorites {importlib.metadata.version('favorites-service')}\n")
+    migrated = run(tmp_path, "migrate")
+    head = ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_current_head()
+    assert (migrated.returncode, migrated.stdout) == (0, f"the database is at revision {head}\n")
+    down = run(tmp_path, "migrate", "down", "base")
+    assert down.stdout == "the database is at revision base (no schema)\n"

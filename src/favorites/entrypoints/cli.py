@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from favorites import embedded
-from favorites.config import ConfigError, Settings, load_settings
+from favorites.config import ConfigError, Settings, load_settings, unknown_variables
 from favorites.domain.models import Principal, PrincipalKind
 
 
@@ -26,6 +26,15 @@ def _settings() -> Settings:
     except ConfigError as exc:
         print(f"favorites: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("favorites-service")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def _defaults(settings: Settings) -> embedded.EmbeddedDefaults:
@@ -139,6 +148,8 @@ def _serve(args: argparse.Namespace) -> int:
     from favorites.observability.tracing import ratio_from_env
 
     settings = _settings()
+    for warning in unknown_variables(os.environ):
+        print(f"favorites: warning: {warning}", file=sys.stderr)
     try:
         ratio_from_env()
         build_flags(settings)  # checked here: each worker would fail on it with a traceback
@@ -303,6 +314,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             migrate.downgrade(url, args.revision)
         else:
             migrate.upgrade(url, args.revision or "head")
+        revision = migrate.current_revision(url)
+    print(f"the database is at revision {revision or 'base (no schema)'}")
     return 0
 
 
@@ -515,10 +528,11 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="favorites", description="Favorites (wishlist) microservice."
     )
+    root.add_argument("--version", action="version", version=f"favorites {_version()}")
     sub = root.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="migrate the embedded database if needed and serve")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="1-65535 (default: 8000)")
     serve.add_argument("--workers", type=_workers, metavar="N",
                        help="worker processes, at least 1 (default: $WEB_CONCURRENCY, else 1)")
@@ -530,7 +544,8 @@ def parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=cmd_migrate)
 
     token = sub.add_parser("token", help="mint an access token with the configured key")
-    token.add_argument("--user", type=_uuid, required=True)
+    token.add_argument("--user", type=_uuid, required=True, metavar="UUID",
+                       help="the user the token is for")
     token.add_argument("--admin", action="store_true", help="give the token the admin role")
     token.set_defaults(func=cmd_token)
 

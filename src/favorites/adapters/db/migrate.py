@@ -30,10 +30,26 @@ def schema_behind(url: str) -> str | None:
     this version's head (a newer version's expand-only migrations leave it usable: blue and
     green share one schema). Raises what connecting raises: the caller decides whether a
     database it cannot reach yet stops it."""
+    from alembic.script import ScriptDirectory
+
+    revision = current_revision(url)
+    script = ScriptDirectory.from_config(alembic_config(url))
+    head = script.get_current_head()
+    if revision == head:
+        return None
+    if revision is None:
+        return "it has no schema yet"
+    known = {rev.revision for rev in script.walk_revisions()}
+    if revision not in known:
+        return None  # a newer version migrated it
+    return f"its schema is at revision {revision}, this version needs {head}"
+
+
+def current_revision(url: str) -> str | None:
+    """The database's schema revision; None before the first migration."""
     import asyncio
 
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
     from favorites.adapters.db.engine import PoolSettings, create_engine
 
@@ -46,14 +62,4 @@ def schema_behind(url: str) -> str | None:
         finally:
             await engine.dispose()
 
-    revision = asyncio.run(current())
-    script = ScriptDirectory.from_config(alembic_config(url))
-    head = script.get_current_head()
-    if revision == head:
-        return None
-    if revision is None:
-        return "it has no schema yet"
-    known = {rev.revision for rev in script.walk_revisions()}
-    if revision not in known:
-        return None  # a newer version migrated it
-    return f"its schema is at revision {revision}, this version needs {head}"
+    return asyncio.run(current())
