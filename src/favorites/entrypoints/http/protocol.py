@@ -65,68 +65,68 @@ _FIXED_HEADERS = b"".join(
 )
 
 
+#: Called directly rather than through ``super()``: one lookup less on every chunk received.
+_data_received = HttpToolsProtocol.data_received
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)  # FlowControl holds the real transport
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
-        #: Bytes received since the last request ended; None while a body or response is under
-        #: way. ``_in_head``: the parser has begun a request whose headers are not complete.
-        self._head_bytes: int | None = 0
-        self._in_head = False
-        self._method_read = False
+        #: Bytes of the request head under way, the scope it belongs to and its timer. No parser
+        #: callback is overridden: each override is one more Python call per request, and
+        #: uvicorn's own state says enough after each chunk (``_head_in_progress``).
+        self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._timed_scope: object = None
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering: read and dropped
-        if self._head_bytes is not None:
-            self._head_bytes += len(data)
-        super().data_received(data)
-        if self._in_head and not self._refused:  # a head still incomplete after this chunk
-            if self._head_bytes is not None and self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(_TOO_LARGE)
-            elif self._head_timer is None:
-                # Only now: a head that arrives in one piece, as nearly all do, costs no timer.
-                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
+        _data_received(self, data)
+        # Inline, on every chunk: see _head_in_progress.
+        scope, cycle = self.scope, self.cycle
+        if scope is None or (cycle is not None and cycle.scope is scope) or self._refused:
+            self._head_bytes = 0
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(_TOO_LARGE)
+        elif self._head_timer is None or self._timed_scope is not self.scope:
+            # Only now: a head that arrives in one piece, as nearly all do, costs no timer.
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._timed_scope = self.scope
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-        self._method_read = False
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self._method_read = True  # the parser reads the method before the target
-
-    def on_headers_complete(self) -> None:
-        self._head_done()
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._head_bytes = 0  # the next request's head
+    def _head_in_progress(self) -> bool:
+        """The parser has begun a request (uvicorn made its scope) whose headers are not
+        complete (no cycle for that scope yet), and it has not been refused."""
+        scope, cycle = self.scope, self.cycle
+        return (scope is not None and (cycle is None or cycle.scope is not scope)
+                and not self._refused)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_done()
+        self._cancel_head_timer()
         super().connection_lost(exc)
 
-    def _head_done(self) -> None:
-        self._head_bytes = None
-        self._in_head = False
+    def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self._in_head and not self._refused and not self.transport.is_closing():
+        if (self._head_in_progress() and self.scope is self._timed_scope
+                and not self.transport.is_closing()):
             self._refuse(_TOO_SLOW)
 
     def _method(self) -> str:
         """The request's method if the parser read one this service knows, else OTHER (before
-        the target is read, the parser's method is a placeholder)."""
-        if not self._method_read:
+        the target is read, the parser's method is a placeholder; uvicorn collects the target
+        into ``url`` from an empty one at each request's start)."""
+        if not getattr(self, "url", b""):  # set at the first request's start
             return "OTHER"
         try:
             method = self.parser.get_method().decode("ascii", "replace")
@@ -143,7 +143,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         path may not have been read, so ``instance`` names this occurrence by its request id.
         Counted and logged like any answer (``path`` is ``unmatched``: no route was matched), so
         a flood of them shows on the dashboards and in the logs."""
-        self._head_done()
+        self._cancel_head_timer()
         request_id = f"{random.getrandbits(128):032x}"
         method = self._method()
         _metrics.observe(method, "unmatched", error.status, 0.0)
