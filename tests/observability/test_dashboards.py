@@ -54,11 +54,15 @@ CATALOGUE: dict[str, tuple[str, frozenset[str]]] = {
 }
 # Made by Prometheus for every scrape target, not exported by the service.
 SCRAPE_GENERATED: dict[str, frozenset[str]] = {"up": frozenset()}
-# Exported by kube-state-metrics, not by the service: read by FavoritesSyntheticCheckFailing only.
-KUBE_STATE_METRICS: dict[str, frozenset[str]] = {
+# Exported by exporters beside the service, each scraped by its own job in prometheus.yml:
+# kube-state-metrics (FavoritesSyntheticCheckFailing) and redis_exporter (the Cache dashboard).
+EXPORTERS: dict[str, frozenset[str]] = {
     "kube_cronjob_status_last_successful_time": frozenset({"namespace", "cronjob"}),
+    "redis_memory_used_bytes": frozenset(),
+    "redis_memory_max_bytes": frozenset(),
+    "redis_evicted_keys_total": frozenset(),
 }
-NOT_EXPORTED = {**SCRAPE_GENERATED, **KUBE_STATE_METRICS}
+NOT_EXPORTED = {**SCRAPE_GENERATED, **EXPORTERS}
 
 
 def _target_labels() -> frozenset[str]:
@@ -519,3 +523,17 @@ async def test_catalogue_is_exported_with_its_labels(client: httpx.AsyncClient) 
         if name in exposition.labels:  # has samples
             seen = exposition.labels[name] - {"le", "pid"}
             assert seen == labels, f"{name}: labels {sorted(seen)}, agreed {sorted(labels)}"
+
+
+def test_every_exporter_metric_is_scraped_by_a_job_of_its_own() -> None:
+    """Metrics the service does not export come from exporters that prometheus.yml scrapes:
+    a panel or rule on them would otherwise show nothing without saying why."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    assert {"redis", "kube-state-metrics"} <= jobs
+    queries = [*every_dashboard_query(), *rule_queries()]
+    used = {name for query in queries for name in metric_names(query.expr)} & set(EXPORTERS)
+    assert used == set(EXPORTERS)
+    for query in queries:
+        if any(name.startswith("redis_") for name in metric_names(query.expr)):
+            assert 'job="redis"' in query.expr, query.where
