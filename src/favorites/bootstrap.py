@@ -48,7 +48,7 @@ from favorites.service_layer.products import ProductsService
 from favorites.service_layer.revocation import RevocationList
 from favorites.service_layer.tokens import TokenService
 from favorites.service_layer.users import UsersService
-from favorites.tasks import wait_for_writes
+from favorites.tasks import cancel_and_wait, wait_for_writes
 
 log = logging.getLogger("favorites.products")
 
@@ -86,6 +86,7 @@ class Container:
     #: Extra readiness checks (cache, product service): name -> "ok" or a reason. Not fatal.
     readiness_probes: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _resuming: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         if self.http_catalog is not None:
@@ -104,7 +105,7 @@ class Container:
             await self.caches.start()  # the cache epoch's poll loop; never blocks start-up
         if self.http_catalog is not None:
             await self.http_catalog.start()
-        self.spawn(_resume_purges(self.products), name="resume-purges")
+        self._resuming = asyncio.create_task(resume_purges(self.products), name="resume-purges")
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run work past the response (product purge); kept referenced and awaited at close."""
@@ -113,6 +114,8 @@ class Container:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        # Resuming is retried until the database answers; any instance's next start finishes it.
+        await cancel_and_wait(self._resuming)
         await wait_for_writes(within=WRITES_WAIT_SECONDS)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=TASKS_WAIT_SECONDS)
@@ -129,16 +132,31 @@ class Container:
             await self.engine.dispose()
 
 
-async def _resume_purges(products: ProductsService) -> None:
-    """In the background: start-up does not wait for a purge a previous process left."""
-    try:
-        removed = await products.resume_purges()
-    except Exception:
-        log.warning("resuming unfinished product purges failed; the next start tries again",
-                    exc_info=True)
+#: Seconds between attempts to resume unfinished purges while the database cannot answer.
+RESUME_RETRY_SECONDS = 30.0
+
+
+async def resume_purges(products: ProductsService, retry_every: float = RESUME_RETRY_SECONDS
+                        ) -> None:
+    """In the background: start-up does not wait for a purge a previous process left. An
+    instance that starts while the database is down tries again every ``retry_every`` seconds
+    until it answers, rather than leave the favorites of deleted products until the next start.
+    One WARN when it first fails, one INFO when it is done."""
+    failures = 0
+    while True:
+        try:
+            removed = await products.resume_purges()
+        except Exception:
+            failures += 1
+            if failures == 1:
+                log.warning("resuming unfinished product purges failed; retrying every %g s",
+                            retry_every, exc_info=True)
+            await asyncio.sleep(retry_every)
+            continue
+        if removed or failures:
+            log.info("unfinished product purges resumed",
+                     extra={"removed": removed, "failedAttempts": failures})
         return
-    if removed:
-        log.info("unfinished product purges resumed", extra={"removed": removed})
 
 
 def build_jwt(settings: Settings, defaults: embedded.EmbeddedDefaults) -> JwtCodec:
