@@ -186,10 +186,14 @@ async def test_chunked_body_over_1kb_is_refused_without_reading_it_all(
             sent.append(i)
             yield b"x" * 100
 
+    labels = {"method": "POST", "path": "/v1/auth/refresh", "status": "413"}
+    before = REGISTRY.get_sample_value("http_requests_total", labels) or 0
     response = await client.post("/v1/auth/refresh", content=chunks(),
                                  headers={"Content-Type": "application/json"})
     assert_problem(response, 413, "payload-too-large")
     assert len(sent) <= 12  # stopped just past 1 KB
+    # Refused before routing, and still counted under its route, not as "unmatched".
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == before + 1
 
 
 async def test_non_json_body_is_415_malformed_is_400_extra_fields_422(

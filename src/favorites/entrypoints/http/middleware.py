@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from starlette.routing import Match
+
 from favorites.domain.errors import FavoritesError, MalformedRequest, PayloadTooLarge
 from favorites.entrypoints.http.responses import PROBLEM_JSON, problem_body
 from favorites.observability.middleware import UNHANDLED_ERROR_TRACEPARENT
@@ -147,6 +149,7 @@ class BodyLimitMiddleware:
             receive = await self._bounded_body(scope, receive)
         except FavoritesError as error:
             state = scope.get("state") or {}
+            _name_the_route(scope)
             await reject(scope, send, error, state.get("request_id", "-"))
             return
         await self.app(scope, receive, send)
@@ -179,6 +182,16 @@ class BodyLimitMiddleware:
                 break
         whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         return _replay([whole], receive)
+
+
+def _name_the_route(scope: Scope) -> None:
+    """A body refused before routing still belongs to its route: metrics and logs name it (not
+    ``unmatched``). Matched here, on the refusal only."""
+    for route in getattr(scope.get("app"), "routes", ()):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            scope["route"] = route
+            return
 
 
 async def reject(
