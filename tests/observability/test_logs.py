@@ -127,7 +127,9 @@ async def test_a_refused_body_is_logged_counted_and_traced_like_any_answer(
 ) -> None:
     """A body over the limit is refused before the app reads it, yet it is still a request: an
     operator looking for oversized-body floods finds them in the log and in the metrics."""
-    counted = 'http_requests_total{method="PUT",path="unmatched",status="413"}'
+    # Under its route, though refused before routing: not "unmatched".
+    counted = ('http_requests_total{method="PUT",path="/v1/users/{user_id}/favorites/'
+               '{product_id}",status="413"}')
 
     def count(text: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -140,6 +142,7 @@ async def test_a_refused_body_is_logged_counted_and_traced_like_any_answer(
     assert response.status_code == 413
     (line,) = request_lines(log_lines(capsys.readouterr().out), response.headers["x-request-id"])
     assert (line["level"], line["method"], line["status"]) == ("INFO", "PUT", 413)
+    assert line["path"] == "/v1/users/{user_id}/favorites/{product_id}"
     assert line["traceId"] == response.headers["traceparent"].split("-")[1]
     after = count((await observed.client.get("/metrics")).text)
     assert after - before == 1
