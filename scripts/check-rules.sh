@@ -85,13 +85,22 @@ on PATH / in ./prometheus-bin/ / set PROMTOOL=...)"
   echo "check-rules: installed in $((SECONDS - start)) s"
 }
 
-if [[ -n "${PROMTOOL:-}" ]]; then
-  [[ -x "$PROMTOOL" ]] || die "PROMTOOL=$PROMTOOL is not an executable"
-  PROMTOOL_BIN=$PROMTOOL
-elif ! PROMTOOL_BIN=$(find_tool promtool); then
-  install_promtool
-  PROMTOOL_BIN=$(find_tool promtool) || die "promtool still missing after installing the package"
-fi
+# resolve_tool NAME OVERRIDE INSTALLER: the override variable's executable if set, else the tool
+# found by find_tool, else whatever INSTALLER provides. Prints its path.
+resolve_tool() {
+  local name=$1 override=${!2:-} installer=$3 found
+  if [[ -n "$override" ]]; then
+    [[ -x "$override" ]] || die "$2=$override is not an executable"
+    echo "$override"
+  elif found=$(find_tool "$name"); then
+    echo "$found"
+  else
+    "$installer" >&2
+    find_tool "$name" || die "$name still missing after $installer"
+  fi
+}
+
+PROMTOOL_BIN=$(resolve_tool promtool PROMTOOL install_promtool)
 echo "check-rules: using $PROMTOOL_BIN ($("$PROMTOOL_BIN" --version 2>&1 | head -n1))"
 
 [[ -f "$RULES" ]] || die "$RULES not found"
@@ -122,13 +131,7 @@ put amtool on PATH / in ./prometheus-bin/ or set AMTOOL=..."; }
   echo "check-rules: amtool unpacked in $((SECONDS - start)) s"
 }
 
-if [[ -n "${AMTOOL:-}" ]]; then
-  [[ -x "$AMTOOL" ]] || die "AMTOOL=$AMTOOL is not an executable"
-  AMTOOL_BIN=$AMTOOL
-elif ! AMTOOL_BIN=$(find_tool amtool); then
-  unpack_amtool
-  AMTOOL_BIN=$(find_tool amtool) || die "amtool still missing after unpacking the package"
-fi
+AMTOOL_BIN=$(resolve_tool amtool AMTOOL unpack_amtool)
 [[ -f "$ALERTMANAGER" ]] || die "$ALERTMANAGER not found"
 
 echo "check-rules: amtool check-config $ALERTMANAGER"
