@@ -48,7 +48,7 @@ from favorites.service_layer.products import ProductsService
 from favorites.service_layer.revocation import RevocationList
 from favorites.service_layer.tokens import TokenService
 from favorites.service_layer.users import UsersService
-from favorites.tasks import cancel_and_wait, wait_for_writes
+from favorites.tasks import cancel_and_wait, stop_if_cancelled, wait_for_writes
 
 log = logging.getLogger("favorites.products")
 
@@ -147,6 +147,7 @@ async def resume_purges(products: ProductsService, retry_every: float = RESUME_R
         try:
             removed = await products.resume_purges()
         except Exception:
+            stop_if_cancelled()  # a shutdown's cancellation that the failure hid
             failures += 1
             if failures == 1:
                 log.warning("resuming unfinished product purges failed; retrying every %g s",

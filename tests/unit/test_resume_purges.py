@@ -47,3 +47,26 @@ async def test_retrying_stops_when_cancelled() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert products.calls >= 2
+
+
+async def test_a_cancellation_a_failure_hid_still_stops_it_at_once() -> None:
+    """A library may turn the cancellation that lands mid-statement into its own error (the
+    rollback of a connection the cancellation closed): the loop must not sleep a retry
+    interval through the shutdown that asked it to stop."""
+    started = asyncio.Event()
+
+    class _HidesTheCancellation:
+        async def resume_purges(self) -> int:
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                raise OSError("cannot call Transaction.rollback(): connection closed") from None
+            return 0
+
+    task = asyncio.create_task(resume_purges(cast(ProductsService, _HidesTheCancellation()),
+                                             retry_every=30))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=1)

@@ -411,3 +411,34 @@ async def test_a_transaction_left_open_is_never_handed_to_the_next_unit_of_work(
         assert await work.favorites.insert(Favorite(user, product, T0))
         await work.commit()
     assert await _row_count(postgres_url, user) == 1
+
+
+@pytest.mark.parametrize("through", ["driver", "sqlalchemy"])
+async def test_a_unit_of_work_cancelled_mid_statement_raises_the_cancellation(
+    engine: AsyncEngine, through: str,
+) -> None:
+    """A cancellation that lands while a statement runs (a shutdown stopping a background
+    task) closes asyncpg's connection, so the unit of work's rollback then fails. That
+    failure must not replace the cancellation: a loop that catches its own errors (resuming
+    purges) took it for a database outage and slept 30 s through the shutdown. The caller
+    sees ``CancelledError`` and the broken connection never goes back to the pool."""
+    uow = SqlUnitOfWorkFactory(engine)
+    running = asyncio.Event()
+
+    async def slow_statement() -> None:
+        async with uow() as work:
+            running.set()
+            if through == "driver":
+                await work.favorites._db.fetchval("SELECT pg_sleep(5)")
+            else:
+                await work.products._conn.execute(sa.text("SELECT pg_sleep(5)"))
+
+    task = asyncio.create_task(slow_statement())
+    await running.wait()
+    await asyncio.sleep(0.2)  # the statement is on the server
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=3)
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    async with uow(readonly=True) as work:  # the pool's only slot works again
+        assert await work.favorites._db.fetchval("SELECT 1") == 1

@@ -132,7 +132,15 @@ class SqlUnitOfWork:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        await self._release(conn)
+        try:
+            await self._release(conn)
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own error goes on, not the rollback's: a cancellation mid-statement
+            # closes asyncpg's connection, so the rollback fails, and a caller that handles its
+            # errors would take a shutdown for a database outage. The connection is dropped.
+            log.debug("rollback after %r failed", exc, exc_info=True)
         # After the connection is back in the pool, before the caller answers: the user's
         # next reads skip the replicas for a while (read-your-writes).
         if self._committed and not self._readonly and self._router is not None:
