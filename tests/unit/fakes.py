@@ -138,6 +138,10 @@ class FakeProducts:
         named = {product for _, product in self.s.favorites}
         return [p for p, at in self.s.products.items() if at is not None and p in named][:limit]
 
+    async def deleted_since(self, product_ids: Sequence[UUID], since: datetime) -> set[UUID]:
+        return {p for p in product_ids
+                if (at := self.s.products.get(p)) is not None and at >= since}
+
 
 class FakeAudit:
     def __init__(self, state: State):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from favorites.domain import access
@@ -30,6 +32,12 @@ from favorites.service_layer.ports import (
 )
 from favorites.service_layer.singleflight import SingleFlight
 from favorites.tasks import runs_to_completion
+
+log = logging.getLogger("favorites.favorites")
+
+#: How far instances' clocks may differ: a product deletion stamped this long before an add's
+#: check still counts as racing it (``_purged_if_deleted_meanwhile``).
+DELETION_CLOCK_SKEW = timedelta(seconds=5)
 
 MAX_PAGE = 50
 MAX_CONTAINS = 100
@@ -118,7 +126,34 @@ class FavoritesService:
             if outcome is AddOutcome.EXISTS:
                 return favorite, False
             await uow.commit()
+        if not in_store:
+            await self._purged_if_deleted_meanwhile(user_id, [product_id], now)
         return favorite, True
+
+    async def _purged_if_deleted_meanwhile(self, user_id: UUID, added: Sequence[UUID],
+                                           checked_at: datetime) -> None:
+        """An external catalog's product may be deleted between the product service's answer
+        and the add's commit; the deletion's purge then ran before the new row was committed,
+        never saw it, and the favorite of a deleted product would stay until an instance next
+        resumed purges. A deletion marks the product before it purges, so a mark seen after
+        the commit is the only case left: the favorite is removed as the purge would have.
+        The add still answers as made: it came just before the deletion, as far as anyone can
+        tell. With a local catalog the add holds the product's row instead (FOR SHARE).
+
+        Only a deletion stamped after the product service answered counts (less the clocks'
+        skew between instances): one it answered "exists" for well after the deletion has
+        brought the product back, and its favorites are kept as before."""
+        since = checked_at - DELETION_CLOCK_SKEW
+        async with self._uow(readonly=True, user_id=user_id) as uow:  # the primary: just wrote
+            deleted = await uow.products.deleted_since(added, since)
+        if not deleted:
+            return
+        async with self._invalidating(user_id) as uow:
+            await uow.favorites.delete_many(user_id, sorted(deleted))
+            await uow.commit()
+        for product_id in sorted(deleted):
+            log.info("a favorite added as its product was deleted was purged",
+                     extra={"userId": str(user_id), "productId": str(product_id)})
 
     @contextlib.asynccontextmanager
     async def _invalidating(self, user_id: UUID) -> AsyncIterator[UnitOfWork]:
@@ -184,6 +219,8 @@ class FavoritesService:
                 for product_id in changed
             ], now)
             await uow.commit()
+        if result.added and not in_store:
+            await self._purged_if_deleted_meanwhile(user_id, result.added, now)
         return result
 
     async def export(self, principal: Principal, user_id: UUID) -> list[Favorite]:

@@ -84,6 +84,10 @@ class ProductsRepository(Protocol):
     async def deleted_with_favorites(self, limit: int) -> list[UUID]:
         """Products marked deleted that some favorite still names: purges left unfinished."""
 
+    async def deleted_since(self, product_ids: Sequence[UUID], since: datetime) -> set[UUID]:
+        """The ids marked deleted at ``since`` or later (an external catalog's products have a
+        row only once deleted)."""
+
 
 class AuditRepository(Protocol):
     async def record(self, entry: AuditEntry, at: datetime) -> None: ...

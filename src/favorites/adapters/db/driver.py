@@ -85,6 +85,8 @@ COUNT_FOR_PRODUCT = "SELECT count(*) FROM favorites WHERE product_id = $1"
 EXISTING_PRODUCTS = ("SELECT product_id FROM products"
                      " WHERE product_id = ANY($1::uuid[]) AND deleted_at IS NULL")
 EXISTING_PRODUCTS_FOR_SHARE = EXISTING_PRODUCTS + " FOR SHARE"
+DELETED_SINCE = ("SELECT product_id FROM products"
+                 " WHERE product_id = ANY($1::uuid[]) AND deleted_at >= $2")
 ACTIVE_REVOCATIONS = ("SELECT jti, expires_at, revoked_at FROM revoked_tokens"
                       " WHERE revoked_at >= $1 AND expires_at > $2")
 
@@ -343,6 +345,9 @@ class DriverProductsRepository(SqlProductsRepository):
         rows = await self._db.fetch(EXISTING_PRODUCTS_FOR_SHARE if for_share
                                     else EXISTING_PRODUCTS, list(product_ids))
         return {row[0] for row in rows}
+
+    async def deleted_since(self, product_ids: Sequence[UUID], since: datetime) -> set[UUID]:
+        return {row[0] for row in await self._db.fetch(DELETED_SINCE, list(product_ids), since)}
 
 
 class DriverRevokedTokenRepository(SqlRevokedTokenRepository):

@@ -104,6 +104,10 @@ _EXISTING_PRODUCTS = sa.select(products.c.product_id).where(
     products.c.product_id.in_(sa.bindparam("product_ids", expanding=True)),
     products.c.deleted_at.is_(None),
 )
+_DELETED_SINCE = sa.select(products.c.product_id).where(
+    products.c.product_id.in_(sa.bindparam("product_ids", expanding=True)),
+    products.c.deleted_at >= sa.bindparam("since"),
+)
 #: PostgreSQL only: SQLite has no row locks (and needs none, see ``existing``).
 _EXISTING_PRODUCTS_FOR_SHARE = _EXISTING_PRODUCTS.with_for_update(read=True)
 _RECORD_AUDIT = sa.insert(audit_log).values(
@@ -306,6 +310,12 @@ class SqlProductsRepository(_Repo):
         # write lock from its start), so FOR SHARE is PostgreSQL's only.
         statement = _EXISTING_PRODUCTS_FOR_SHARE if for_share and self._pg else _EXISTING_PRODUCTS
         result = await self._conn.execute(statement, {"product_ids": list(product_ids)})
+        return set(result.scalars().all())
+
+
+    async def deleted_since(self, product_ids: Sequence[UUID], since: datetime) -> set[UUID]:
+        result = await self._conn.execute(_DELETED_SINCE,
+                                          {"product_ids": list(product_ids), "since": since})
         return set(result.scalars().all())
 
 
