@@ -52,8 +52,9 @@ def _deleted_right_after_the_check(container: Container, monkeypatch: pytest.Mon
 
     async def existing_then_deleted(product_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         found = await ask(product_ids)
-        await container.products.delete(CATALOG_SERVICE, product)
-        await container.products.purge_favorites(product)
+        if product in product_ids:
+            await container.products.delete(CATALOG_SERVICE, product)
+            await container.products.purge_favorites(product)
         return found
 
     monkeypatch.setattr(catalog, "existing", existing_then_deleted)
@@ -73,16 +74,23 @@ async def _listed(client: httpx.AsyncClient, owner: uuid.UUID) -> list[str]:
     return [item["product_id"] for item in page.json()["items"]]
 
 
-async def test_an_add_that_commits_after_the_purge_is_removed_again(
-    client: httpx.AsyncClient, product_service: FakeProductService,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def race(client: httpx.AsyncClient, product_service: FakeProductService,
+         monkeypatch: pytest.MonkeyPatch) -> tuple[Container, uuid.UUID, uuid.UUID, uuid.UUID]:
+    """The container, a user, the product deleted in the middle of their add, and one kept."""
     owner, product, kept = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     product_service.known.update({product, kept})
-    assert (await client.put(f"/v1/users/me/favorites/{kept}", headers=bearer(owner))
-            ).status_code == 201
     container: Container = client.app.state.container  # type: ignore[attr-defined]
     _deleted_right_after_the_check(container, monkeypatch, product)
+    return container, owner, product, kept
+
+
+async def test_an_add_that_commits_after_the_purge_is_removed_again(
+    client: httpx.AsyncClient, race: tuple[Container, uuid.UUID, uuid.UUID, uuid.UUID],
+) -> None:
+    container, owner, product, kept = race
+    assert (await client.put(f"/v1/users/me/favorites/{kept}", headers=bearer(owner))
+            ).status_code == 201
 
     added = await client.put(f"/v1/users/me/favorites/{product}", headers=bearer(owner))
     # Answered as an add that came just before the deletion: it was made, and the deletion's
@@ -97,14 +105,9 @@ async def test_an_add_that_commits_after_the_purge_is_removed_again(
 
 
 async def test_a_bulk_add_that_commits_after_the_purge_keeps_only_the_live_products(
-    client: httpx.AsyncClient, product_service: FakeProductService,
-    monkeypatch: pytest.MonkeyPatch,
+    client: httpx.AsyncClient, race: tuple[Container, uuid.UUID, uuid.UUID, uuid.UUID],
 ) -> None:
-    owner, product, kept = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    product_service.known.update({product, kept})
-    container: Container = client.app.state.container  # type: ignore[attr-defined]
-    _deleted_right_after_the_check(container, monkeypatch, product)
-
+    container, owner, product, kept = race
     bulk = await client.post("/v1/users/me/favorites/bulk", headers=bearer(owner),
                              json={"add": [str(product), str(kept)]})
     assert bulk.status_code == 200, bulk.text
