@@ -8,6 +8,7 @@ of a deleted product stayed in the user's list, count and hearts until an instan
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -87,8 +88,10 @@ def race(client: httpx.AsyncClient, product_service: FakeProductService,
 
 async def test_an_add_that_commits_after_the_purge_is_removed_again(
     client: httpx.AsyncClient, race: tuple[Container, uuid.UUID, uuid.UUID, uuid.UUID],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     container, owner, product, kept = race
+    caplog.set_level(logging.INFO, logger="favorites.favorites")
     assert (await client.put(f"/v1/users/me/favorites/{kept}", headers=bearer(owner))
             ).status_code == 201
 
@@ -102,6 +105,9 @@ async def test_an_add_that_commits_after_the_purge_is_removed_again(
     count = await client.get("/v1/users/me/favorites/count", headers=bearer(owner))
     assert count.json() == {"count": 1}
     assert await _stored(container, owner) == {str(kept)}
+    purged = [r for r in caplog.records if r.name == "favorites.favorites"]
+    assert [(r.getMessage(), getattr(r, "productId", None)) for r in purged] == [
+        ("a favorite added as its product was deleted was purged", str(product))]
 
 
 async def test_a_bulk_add_that_commits_after_the_purge_keeps_only_the_live_products(

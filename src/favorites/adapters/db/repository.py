@@ -312,7 +312,6 @@ class SqlProductsRepository(_Repo):
         result = await self._conn.execute(statement, {"product_ids": list(product_ids)})
         return set(result.scalars().all())
 
-
     async def deleted_since(self, product_ids: Sequence[UUID], since: datetime) -> set[UUID]:
         result = await self._conn.execute(_DELETED_SINCE,
                                           {"product_ids": list(product_ids), "since": since})
