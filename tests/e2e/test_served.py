@@ -133,17 +133,46 @@ def test_a_request_head_over_16_kib_is_431_and_the_server_goes_on(served: Served
         line.split(": ") for line in many.strip().split("\r\n"))).status_code == 200
 
 
+def _raw(served: Served, request: bytes) -> str:
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        return _reply(sock)
+
+
+@pytest.mark.parametrize(("target", "status", "allow"), [
+    ("/v1/users/me/favorites?limit=5", 405, "allow: GET, HEAD"),
+    ("/v1/users/me/favorites/3f0c9a52-1d1e-4f59-8a51-1f0b9f1b2c3d", 405,
+     "allow: DELETE, GET, HEAD, PUT"),
+    ("/no/such/thing", 404, None),
+])
+def test_a_method_the_parser_does_not_know_is_405_with_allow_like_any_other(
+    served: Served, target: str, status: int, allow: str | None,
+) -> None:
+    """SPEC §3: a method a path does not have is 405 with Allow. httptools refuses a method it
+    does not know before the app sees the request, which uvicorn answered with a bare 400."""
+    reply = _raw(served, f"FOO {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head, _, body = reply.partition("\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}")
+    assert "application/problem+json" in head
+    assert json.loads(body)["status"] == status
+    if allow is not None:
+        assert allow in head
+    assert _raw(served, b"\x16\x03\x01 not http\r\n\r\n").startswith("HTTP/1.1 400")
+
+
 def test_a_request_refused_before_routing_is_logged(tmp_path: Path) -> None:
     for served_now in _serve(tmp_path):
-        host, port = served_now.base.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert _reply(sock).startswith("HTTP/1.1 400")
+        assert _raw(served_now, b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n").startswith("HTTP/1.1 404")
+        assert _raw(served_now, b"GET / HTTP/1.1\r\nHost: \x01\r\n\r\n").startswith(
+            "HTTP/1.1 400")
     lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
              if "refused before routing" in line]
     assert [(line["level"], line["operation"], line["method"], line["path"], line["status"])
-            for line in lines] == [("INFO", "httpRequest", "OTHER", "unmatched", 400)]
-    assert lines[0]["message"] == "OTHER refused before routing: 400 malformed-request"
+            for line in lines] == [("INFO", "httpRequest", "OTHER", "unmatched", 404),
+                                   ("INFO", "httpRequest", "GET", "unmatched", 400)]
+    assert lines[0]["message"] == "OTHER refused before routing: 404 not-found"
+    assert lines[1]["message"] == "GET refused before routing: 400 malformed-request"
     assert len(lines[0]["requestId"]) == 32
 
 
@@ -242,19 +271,22 @@ def _exchange(served: Served, request: bytes) -> tuple[str, dict[str, str], byte
     return status, headers, rest[:int(headers["content-length"])]
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"BREW /health/live HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /v1/users/me/favorites?x=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"GET /health/live HTTP/1.1\r\nHost x\r\n\r\n",
-], ids=["unknown method", "100 KB request line", "header without colon"])
+@pytest.mark.parametrize(("request_bytes", "answer"), [
+    (b"BREW /health/live HTTP/1.1\r\nHost: x\r\n\r\n", "405 Method Not Allowed"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 a TLS hello\r\n\r\n", "400 Bad Request"),
+    (b"GET /v1/users/me/favorites?x=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     "400 Bad Request"),
+    (b"GET /health/live HTTP/1.1\r\nHost x\r\n\r\n", "400 Bad Request"),
+], ids=["unknown method", "not HTTP", "100 KB request line", "header without colon"])
 def test_a_request_the_parser_refuses_still_gets_a_problem_with_every_header(
-    served: Served, request_bytes: bytes,
+    served: Served, request_bytes: bytes, answer: str,
 ) -> None:
     """SPEC §3: every response carries X-Request-ID and is problem+json on error; SPEC §4: the
     security headers on every response. These never reach the app (the HTTP parser refuses
-    them), so the protocol writes the answer itself."""
+    them), so the protocol writes the answer itself: for a method the parser does not know,
+    the 405 the app gives any method a path does not have."""
     status, headers, body = _exchange(served, request_bytes)
-    assert status == "HTTP/1.1 400 Bad Request"
+    assert status == f"HTTP/1.1 {answer}"
     assert headers["content-type"] == "application/problem+json"
     assert headers["connection"] == "close"
     assert headers["x-content-type-options"] == "nosniff"
@@ -264,8 +296,12 @@ def test_a_request_the_parser_refuses_still_gets_a_problem_with_every_header(
     assert headers["referrer-policy"] == "no-referrer"
     assert headers["cache-control"] == "no-store"
     problem = json.loads(body)
-    assert problem["type"].endswith("/malformed-request")
-    assert problem["status"] == 400
+    if answer.startswith("405"):
+        assert problem["type"].endswith("/method-not-allowed")
+        assert headers["allow"] == "GET, HEAD"
+    else:
+        assert problem["type"].endswith("/malformed-request")
+    assert problem["status"] == int(answer[:3])
     assert problem["request_id"] == headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", problem["request_id"])
     assert problem["instance"] == f"urn:uuid:{uuid.UUID(hex=problem['request_id'])}"

@@ -54,14 +54,31 @@ def _method_table(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
             if isinstance(route, Route) and route.methods]
 
 
-def _allowed_methods(request: Request) -> list[str]:
+def allowed_methods(table: list[tuple[re.Pattern[str], frozenset[str]]], path: str
+                    ) -> list[str]:
+    """The methods ``path`` has (an empty list: no route has it), for a 405's ``Allow``."""
     methods: set[str] = set()
-    for pattern, route_methods in request.app.state.method_table:
-        if pattern.match(request.url.path):
+    for pattern, route_methods in table:
+        if pattern.match(path):
             methods |= route_methods
     if "GET" in methods:
         methods.add("HEAD")  # served as GET without the body (EdgeMiddleware)
     return sorted(methods)
+
+
+def method_table_of(app: Any) -> list[tuple[re.Pattern[str], frozenset[str]]] | None:
+    """The table ``create_app`` built, found through the ASGI wrappers a server puts around
+    the app (each keeps the next one as ``app``)."""
+    for _ in range(8):
+        table = getattr(getattr(app, "state", None), "method_table", None)
+        if table is not None:
+            return table  # type: ignore[no-any-return]
+        app = getattr(app, "app", None)
+    return None
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    return allowed_methods(request.app.state.method_table, request.url.path)
 
 
 async def _on_domain_error(request: Request, exc: Exception) -> Response:

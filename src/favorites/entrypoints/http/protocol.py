@@ -9,7 +9,9 @@ body costs one system call. Flow control keeps the real transport.
 A request the HTTP parser refuses (an unknown method, a request line or header too long, bytes
 that are not HTTP) never reaches the app, so no middleware can dress its answer. uvicorn's own is a
 bare ``text/plain`` 400; SPEC §3 asks for problem+json, an ``X-Request-ID`` and the security
-headers on every response, so this protocol writes that instead.
+headers on every response, so this protocol writes that instead. For a method httptools does not
+know, it answers what the app answers any method a path does not have: 405 with ``Allow`` (404
+on a path no route has).
 
 The request head (request line and headers) is bounded here too, as the body is by the app:
 httptools buffers a header of any size, and uvicorn stops timing a connection at its first byte.
@@ -26,8 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import sys
+from urllib.parse import unquote
 from uuid import UUID
 
+import httptools
 import structlog
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -35,8 +41,11 @@ from favorites.domain.errors import (
     FavoritesError,
     HeadersTooLarge,
     MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
     RequestTimeout,
 )
+from favorites.entrypoints.http.app import allowed_methods, method_table_of
 from favorites.entrypoints.http.middleware import SECURITY_HEADERS
 from favorites.entrypoints.http.responses import PROBLEM_JSON, problem_body
 from favorites.observability.metrics import HTTP_METHODS, HttpMetrics
@@ -65,6 +74,10 @@ _FIXED_HEADERS = b"".join(
 )
 
 
+#: A request line (origin form) whose method may be one httptools does not know: it refuses such
+#: a request before reading its target, so the target is read here, from the chunk received.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/[^ \r\n]*) HTTP/1\.[01]\r?\n")
+
 #: Called directly rather than through ``super()``: one lookup less on every chunk received.
 _data_received = HttpToolsProtocol.data_received
 
@@ -80,10 +93,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._timed_scope: object = None
         self._refused = False
+        self._chunk = b""
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering: read and dropped
+        self._chunk = data  # for an unknown method's target (_unknown_method)
         _data_received(self, data)
         # Inline, on every chunk: see _head_in_progress.
         scope, cycle = self.scope, self.cycle
@@ -135,8 +150,34 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         return method if method in HTTP_METHODS else "OTHER"
 
     def send_400_response(self, msg: str) -> None:
-        """The parser's 400 as problem+json with the headers every response carries."""
+        """The parser's 400 as problem+json with the headers every response carries; for a
+        method it does not know, what the app answers any method a path does not have (uvicorn
+        calls this while handling the parser's error)."""
+        if isinstance(sys.exc_info()[1], httptools.HttpParserInvalidMethodError):
+            answer = self._unknown_method()
+            if answer is not None:
+                self._refuse(answer)
+                return
         self._refuse(_UNPARSABLE)
+
+    def _unknown_method(self) -> FavoritesError | None:
+        """SPEC §3: a method a path does not have is 405 with ``Allow``, and a path no route
+        has is 404; a method httptools does not know is no exception. ``None``: no request
+        line with such a method in the chunk (the bytes are not HTTP)."""
+        for match in _REQUEST_LINE.finditer(self._chunk):
+            method = match.group(1).decode("ascii")
+            if method in HTTP_METHODS:
+                continue  # a request before it, in the same chunk
+            table = method_table_of(self.app)
+            if table is None:
+                return None
+            path = unquote(match.group(2).decode("ascii", "replace").partition("?")[0])
+            allowed = allowed_methods(table, path)
+            if not allowed:
+                return NotFound("no such resource")
+            return MethodNotAllowed(f"{method} is not allowed here",
+                                    headers={"Allow": ", ".join(allowed)})
+        return None
 
     def _refuse(self, error: FavoritesError) -> None:
         """A problem+json answer to a request the app never saw, and the connection closed. The
@@ -157,6 +198,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         head = [STATUS_LINE[error.status]]
         for name, value in self.server_state.default_headers:
             head.extend([name, b": ", value, b"\r\n"])
+        for header, text in error.headers.items():
+            head.extend([header.lower().encode("ascii"), b": ", text.encode("latin-1"), b"\r\n"])
         head.extend([_FIXED_HEADERS, b"x-request-id: ", request_id.encode("ascii"), b"\r\n",
                      b"content-length: ", str(len(body)).encode("ascii"), b"\r\n\r\n", body])
         self.transport.write(b"".join(head))
