@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Route
 
 from favorites import bootstrap
 from favorites.config import Settings, load_settings
@@ -28,6 +26,7 @@ from favorites.entrypoints.http import draining, favorites, health, internal, to
 from favorites.entrypoints.http.auth import ServiceClients
 from favorites.entrypoints.http.cors import ProblemCORSMiddleware
 from favorites.entrypoints.http.direct import DirectDispatch
+from favorites.entrypoints.http.methods import allowed_methods, method_table
 from favorites.entrypoints.http.middleware import BodyLimitMiddleware, EdgeMiddleware
 from favorites.entrypoints.http.responses import problem
 from favorites.entrypoints.http.schemas import Problem
@@ -45,36 +44,6 @@ def _request_id(request: Request) -> str:
 
 
 ROUTERS = (favorites.router, tokens.router, internal.router, health.router)
-
-
-def _method_table(app: FastAPI) -> list[tuple[re.Pattern[str], frozenset[str]]]:
-    """Path pattern -> methods of every route, built once; Starlette's 405 names only the first
-    route's."""
-    return [(route.path_regex, frozenset(route.methods)) for route in app.router.routes
-            if isinstance(route, Route) and route.methods]
-
-
-def allowed_methods(table: list[tuple[re.Pattern[str], frozenset[str]]], path: str
-                    ) -> list[str]:
-    """The methods ``path`` has (an empty list: no route has it), for a 405's ``Allow``."""
-    methods: set[str] = set()
-    for pattern, route_methods in table:
-        if pattern.match(path):
-            methods |= route_methods
-    if "GET" in methods:
-        methods.add("HEAD")  # served as GET without the body (EdgeMiddleware)
-    return sorted(methods)
-
-
-def method_table_of(app: Any) -> list[tuple[re.Pattern[str], frozenset[str]]] | None:
-    """The table ``create_app`` built, found through the ASGI wrappers a server puts around
-    the app (each keeps the next one as ``app``)."""
-    for _ in range(8):
-        table = getattr(getattr(app, "state", None), "method_table", None)
-        if table is not None:
-            return table  # type: ignore[no-any-return]
-        app = getattr(app, "app", None)
-    return None
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -202,7 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes[:0] = [route for router in ROUTERS for route in router.routes]
     if not settings.is_production:  # production serves it on the admin port (favorites serve)
         app.add_route("/metrics", observability.metrics_endpoint, include_in_schema=False)
-    app.state.method_table = _method_table(app)
+    app.state.method_table = method_table(app)
     app.add_exception_handler(FavoritesError, _on_domain_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

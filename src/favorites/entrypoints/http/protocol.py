@@ -45,7 +45,7 @@ from favorites.domain.errors import (
     NotFound,
     RequestTimeout,
 )
-from favorites.entrypoints.http.app import allowed_methods, method_table_of
+from favorites.entrypoints.http.methods import allowed_methods, method_table_of
 from favorites.entrypoints.http.middleware import SECURITY_HEADERS
 from favorites.entrypoints.http.responses import PROBLEM_JSON, problem_body
 from favorites.observability.metrics import HTTP_METHODS, HttpMetrics
