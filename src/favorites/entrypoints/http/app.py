@@ -109,16 +109,32 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
                    request_id=_request_id(request))
 
 
+#: Net allocations of container objects between two young collections (CPython's default: 700).
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
 def settle_garbage_collector() -> None:
-    """Move everything built at start-up out of the collector's reach (``gc.freeze``).
+    """Move everything built at start-up out of the collector's reach (``gc.freeze``), and
+    collect the young generation less often.
 
     Measured on a worker under load: full (generation 2) collections took 40-155 ms, because
     they walked every module, route, SQLAlchemy and OpenTelemetry object built at start-up, none
     of which ever becomes garbage; each one was a p99 spike. Frozen, they are skipped, and a full
     collection only walks what requests have kept alive since (caches, pools).
+
+    A request's objects live for a millisecond or two, but at the default threshold of 700 a
+    young collection ran every few requests and walked those still in flight, promoting them to
+    older generations that were then walked again: in the steady mixed benchmark the collector
+    took 5.0-5.8 % of each worker's CPU (2,000 young and 16 full collections in 29 s of CPU).
+    At 10,000 most of a request's objects are freed by their reference counts before a
+    collection comes: 0.2-0.3 % (13-21 young collections, no full one), with no longer pauses
+    (the longest 4.6-17.6 ms against 5.8-16.8 ms). The cost is at most that many objects, a few
+    MB, waiting a little longer when they are in a cycle.
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
