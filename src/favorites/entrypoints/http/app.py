@@ -127,9 +127,10 @@ def settle_garbage_collector() -> None:
     older generations that were then walked again: in the steady mixed benchmark the collector
     took 5.0-5.8 % of each worker's CPU (2,000 young and 16 full collections in 29 s of CPU).
     At 10,000 most of a request's objects are freed by their reference counts before a
-    collection comes: 0.2-0.3 % (13-21 young collections, no full one), with no longer pauses
-    (the longest 4.6-17.6 ms against 5.8-16.8 ms). The cost is at most that many objects, a few
-    MB, waiting a little longer when they are in a cycle.
+    collection comes: 0.2-0.3 % (13-21 young collections, no full one). Pauses are of the same
+    order: the longest of each worker 10.0-19.0 ms (a middle-generation collection, which now
+    holds more) against 15.8-16.8 ms. The cost is at most that many objects, a few MB, waiting a
+    little longer when they are in a cycle.
     """
     gc.collect()
     gc.freeze()
