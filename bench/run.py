@@ -587,8 +587,6 @@ async def drive(args: argparse.Namespace, server: Server, shape: SeedShape | Non
                 await pool.open(int(load))
             pool.recorder = Recorder()
             if args.cold_cache:
-                if "FAVORITES_REDIS_URL" not in os.environ:
-                    raise SystemExit("bench: --cold-cache needs FAVORITES_REDIS_URL")
                 flush_redis(os.environ["FAVORITES_REDIS_URL"])
             warmed = await prewarm(args.database_url) if args.prewarm and database else None
             if warmed:
@@ -731,8 +729,25 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that shape the traffic, for the result's JSON. ``active_users`` is the mixed
+    traffic's (None: all seeded users), the one that tells a 1 M against 10 M pair's runs apart."""
+    return {"mode": args.mode, "workers": args.workers, "warmup": args.warmup,
+            "timeout": args.timeout,
+            "hot_users": args.hot_users,
+            "active_users": (args.active_users or None) if args.scenario == "mixed" else None,
+            "random_seed": args.random_seed}
+
+
+def check_redis_options(args: argparse.Namespace) -> None:
+    """Refuse before seeding, starting and warming a server what would only fail after."""
+    if (args.cold_cache or args.redis_outage) and "FAVORITES_REDIS_URL" not in os.environ:
+        raise SystemExit("bench: --cold-cache and --redis-outage need FAVORITES_REDIS_URL")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    check_redis_options(args)
     check_bench_database(args.database_url)
     if args.random_seed is None:
         args.random_seed = fresh_seed()
@@ -759,10 +774,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": seed_info,
         "server": {"command": shlex.join(server.command), "env": server.reported_env(),
                    "database_pool": database_pool},
-        "config": {"mode": args.mode, "workers": args.workers, "warmup": args.warmup,
-                   "timeout": args.timeout, "hot_users": args.hot_users, "active_users": args.active_users
-                   if args.scenario == "list-cached" else None,
-                   "random_seed": args.random_seed},
+        "config": run_config(args),
     }
     import uvloop
 

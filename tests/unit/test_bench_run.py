@@ -1,4 +1,4 @@
-"""What the benchmark reports of the server's log."""
+"""What the benchmark reports of a run (the server's log, its options) and refuses up front."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 from bench.report import REPO, relative_paths, repeated_adds, repository_roots
-from bench.run import Server, fresh_seed, git_info
+from bench.run import Server, check_redis_options, fresh_seed, git_info, main, parser, run_config
 
 
 def test_the_services_warn_lines_are_counted_as_problems() -> None:
@@ -68,3 +68,22 @@ def test_a_result_names_the_bench_code_beside_the_service_code() -> None:
     assert re.fullmatch(r"[0-9a-f]{40}", info["commit"])
     assert re.fullmatch(r"[0-9a-f]{40}", info["bench"]["commit"])
     assert isinstance(info["bench"]["dirty"], bool)
+
+
+def test_redis_options_without_a_redis_fail_before_anything_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAVORITES_REDIS_URL", raising=False)
+
+    for option in (["--cold-cache"], ["--redis-outage", "20,40"]):
+        with pytest.raises(SystemExit, match="need FAVORITES_REDIS_URL"):
+            main(["--skip-seed", *option])
+    check_redis_options(parser().parse_args(["--skip-seed"]))  # nothing asked of Redis: fine
+
+
+def test_the_mixed_traffics_active_users_are_recorded() -> None:
+    mixed = parser().parse_args(["--active-users", "20000"])
+    cached = parser().parse_args(["--scenario", "list-cached", "--active-users", "20000"])
+
+    assert run_config(mixed)["active_users"] == 20000
+    assert run_config(parser().parse_args([]))["active_users"] is None
+    assert run_config(cached)["active_users"] is None  # the cached lists use --hot-users
