@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from favorites.adapters.db.engine import async_url
+from favorites.adapters.db.engine import async_url, run
 from favorites.adapters.db.tables import metadata
 
 config = context.config
@@ -42,4 +40,4 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    asyncio.run(_run_online())
+    run(_run_online())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -27,6 +30,36 @@ def async_url(url: str) -> str:
     if backend in ("postgresql", "postgres"):
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
     raise ValueError(f"unsupported database: {backend}")
+
+
+T = TypeVar("T")
+
+#: How a thread aiosqlite starts for a connection is named (``Thread-N (target)``, documented for
+#: ``threading.Thread`` since Python 3.10).
+_AIOSQLITE_THREAD = "(_connection_worker_thread)"
+
+
+def run(main: Coroutine[Any, Any, T], *, settle_seconds: float = 2.0) -> T:
+    """``asyncio.run`` for a command's database work.
+
+    aiosqlite cleans up a connection that failed to open from the connection's own thread, and
+    reports back with a call onto the event loop. ``asyncio.run`` can close the loop before that
+    call; the thread then dies on the closed loop with a traceback on stderr, under the command's
+    one-line error (seen on a loaded machine, as a flaky test). So when the work fails, the
+    aiosqlite threads still running are waited for (up to ``settle_seconds`` each) while the
+    loop is still open. When it succeeds, every connection was closed and awaited already.
+    """
+
+    async def settled() -> T:
+        try:
+            return await main
+        except BaseException:
+            for thread in threading.enumerate():
+                if thread.name.endswith(_AIOSQLITE_THREAD) and thread.is_alive():
+                    await asyncio.to_thread(thread.join, settle_seconds)
+            raise
+
+    return asyncio.run(settled())
 
 
 def is_sqlite(url: str) -> bool:
