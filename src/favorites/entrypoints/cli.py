@@ -340,7 +340,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     """Recorded like a token of ``POST /v1/auth/tokens`` (its refresh token is thrown away), so an
     erasure of the user revokes it. A database that cannot be used does not stop an operator
     from getting a token: it is then signed alone, and stderr says it cannot be revoked."""
-    from favorites.adapters.db import engine, migrate
+    from favorites.adapters.db import migrate
     from favorites.adapters.db.engine import is_sqlite
     from favorites.bootstrap import build_jwt
 
@@ -350,7 +350,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     try:
         if is_sqlite(url):
             migrate.upgrade(url)
-        token = engine.run(_issue_recorded(settings, args.user, roles))
+        token = asyncio.run(_issue_recorded(settings, args.user, roles))
     except Exception as exc:
         problem = _database_problem(exc) or _unmigrated(exc)
         if problem is None:
@@ -425,7 +425,7 @@ async def _register(ids: Sequence[UUID]) -> int:
 
 
 def cmd_products(args: argparse.Namespace) -> int:
-    from favorites.adapters.db import engine, migrate
+    from favorites.adapters.db import migrate
     from favorites.adapters.db.engine import is_sqlite
 
     # The whole input is read and checked before anything is written: a bad line imports nothing.
@@ -445,7 +445,7 @@ def cmd_products(args: argparse.Namespace) -> int:
         if is_sqlite(url):
             migrate.upgrade(url)
         try:
-            created = engine.run(_register(ids))
+            created = asyncio.run(_register(ids))
         except CatalogIsExternal as exc:
             raise SystemExit(f"favorites: {exc.detail}") from None
     print(f"{len(ids)} product{'' if len(ids) == 1 else 's'} registered ({created} new)")

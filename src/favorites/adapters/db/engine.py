@@ -40,7 +40,8 @@ _AIOSQLITE_THREAD = "(_connection_worker_thread)"
 
 
 def run(main: Coroutine[Any, Any, T], *, settle_seconds: float = 2.0) -> T:
-    """``asyncio.run`` for a command's database work.
+    """``asyncio.run`` for the migrations, which ``serve``, ``migrate``, ``token`` and ``products
+    import`` run first on SQLite, and so meet a database file that cannot be opened first.
 
     aiosqlite cleans up a connection that failed to open from the connection's own thread, and
     reports back with a call onto the event loop. ``asyncio.run`` can close the loop before that
